@@ -1,0 +1,175 @@
+"""The repository: typed, verified, deduplicated access to one store.
+
+It owns the store's ``config`` (format version, chunker, compression), the
+local index and cache that speed it up, and the objects; datasets and refs
+are built on it in :mod:`nerdfs.datasets`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import ObjectCache
+from .chunker import Chunker, ChunkerParams
+from .errors import ConfigError, IntegrityError, ObjectNotFound, RefConflict, StoreError
+from .index import Index
+from .objects import Snapshot, Tree, decode, encode
+from .store import S3Options, Store, open_store
+
+FORMAT_VERSION = 1
+CHUNK, TREE, SNAPSHOT = "chunks", "trees", "snapshots"
+
+
+def object_key(kind: str, oid: str) -> str:
+    return f"{kind}/{oid[:2]}/{oid}"
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """The store's ``config`` object: fixed when the store is created."""
+
+    id: str
+    chunker: ChunkerParams
+    compression_level: int | None = 1
+    version: int = FORMAT_VERSION
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "version": self.version,
+            "id": self.id,
+            "chunker": self.chunker.to_dict(),
+            "compression": {"algorithm": "zstd", "level": self.compression_level}
+            if self.compression_level is not None
+            else {"algorithm": "none"},
+        }
+        return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_bytes(cls, url: str, data: bytes) -> "RepoConfig":
+        try:
+            doc = json.loads(data)
+            version = int(doc["version"])
+            if version > FORMAT_VERSION:
+                raise ConfigError(
+                    f"store {url}: format version {version} is newer than this nerd understands ({FORMAT_VERSION}) — upgrade nerd"
+                )
+            comp = doc.get("compression", {})
+            level = comp.get("level") if comp.get("algorithm") == "zstd" else None
+            return cls(id=str(doc["id"]), chunker=ChunkerParams.from_dict(doc["chunker"]),
+                       compression_level=level, version=version)
+        except ConfigError:
+            raise
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"store {url}: its config object is malformed ({e}) — is this a nerd store?") from None
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nerd"
+
+
+class Repository:
+    """Objects in one store, verified on every read and written at most once."""
+
+    def __init__(self, store: Store, cache_dir: str | os.PathLike, cache_size: int = 10 << 30,
+                 create: bool = True, chunker: ChunkerParams | None = None) -> None:
+        self.store = store
+        self.url = store.url
+        self.config = self._load_config(create, chunker)
+        self.id = self.config.id
+        self.chunker = Chunker(self.config.chunker)
+        cache_dir = Path(cache_dir)
+        self.index = Index(cache_dir / "index")
+        self.cache = ObjectCache(cache_dir / "objects", self.index, cache_size)
+
+    @classmethod
+    def open(cls, url: str, *, s3: S3Options | None = None, cache_dir: str | os.PathLike | None = None,
+             cache_size: int = 10 << 30, create: bool = True, retry_attempts: int = 6) -> "Repository":
+        store = open_store(url, s3, retry_attempts=retry_attempts)
+        return cls(store, cache_dir or default_cache_dir(), cache_size, create=create)
+
+    def close(self) -> None:
+        self.index.close()
+        self.store.close()
+
+    def __enter__(self) -> "Repository":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _load_config(self, create: bool, chunker: ChunkerParams | None) -> RepoConfig:
+        found = self.store.get_versioned("config")
+        if found is None:
+            if not create:
+                raise StoreError(f"store {self.url}: not a nerd store (no config object) — check datasets.store")
+            cfg = RepoConfig(id=uuid.uuid4().hex, chunker=chunker or ChunkerParams())
+            try:
+                self.store.put_if("config", cfg.to_bytes(), None)
+                return cfg
+            except RefConflict:
+                # Another client created the store at the same moment: use theirs.
+                found = self.store.get_versioned("config")
+                if found is None:
+                    raise StoreError(f"store {self.url}: config vanished while creating it") from None
+        return RepoConfig.from_bytes(self.url, found[0])
+
+    # ------------------------------------------------------------------ objects
+
+    def has(self, kind: str, oid: str) -> bool:
+        """Whether the store holds the object: the index answers first, then the store."""
+        key = object_key(kind, oid)
+        if self.index.known(self.id, key):
+            return True
+        if self.store.exists(key):
+            self.index.add_known(self.id, [key])
+            return True
+        return False
+
+    def put(self, kind: str, oid: str, plain: bytes | memoryview, *, check: bool = True) -> int:
+        """Store an object unless the store already has it; the number of bytes sent.
+
+        Blocking: call from a worker thread. ``check=False`` skips the existence
+        check for small objects, where a PUT costs no more than a HEAD.
+        """
+        key = object_key(kind, oid)
+        if self.index.known(self.id, key) or (check and self.has(kind, oid)):
+            return 0
+        framed = encode(plain, self.config.compression_level)
+        self.store.put(key, framed)
+        self.index.add_known(self.id, [key])
+        return len(framed)
+
+    def get(self, kind: str, oid: str, *, cache: bool = True) -> bytes:
+        """The object's verified plain bytes."""
+        hit = self.cache.get(oid) if cache else None
+        if hit is not None:
+            return hit
+        key = object_key(kind, oid)
+        try:
+            framed = self.store.get(key)
+        except ObjectNotFound:
+            what = {CHUNK: "chunk", TREE: "tree", SNAPSHOT: "snapshot"}[kind]
+            raise IntegrityError(f"store {self.url}: {what} {oid} is missing (the store is damaged)") from None
+        plain = decode(oid, framed, {CHUNK: "chunk", TREE: "tree", SNAPSHOT: "snapshot"}[kind])
+        if cache:
+            self.cache.put(oid, plain)
+        return plain
+
+    def put_tree(self, tree: Tree) -> tuple[str, int]:
+        tid, plain = tree.encode()
+        return tid, self.put(TREE, tid, plain, check=False)
+
+    def get_tree(self, tid: str) -> Tree:
+        return Tree.decode(tid, self.get(TREE, tid))
+
+    def put_snapshot(self, snap: Snapshot) -> str:
+        sid, plain = snap.encode()
+        self.put(SNAPSHOT, sid, plain, check=False)
+        return sid
+
+    def get_snapshot(self, sid: str) -> Snapshot:
+        return Snapshot.decode(sid, self.get(SNAPSHOT, sid))
