@@ -1,0 +1,68 @@
+"""Where output goes: data on stdout (text or one JSON document), everything else on stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Any, Iterator
+
+import click
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+
+from nerdfs import Progress, ProgressCallback
+
+
+def human_bytes(n: int | float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class Output:
+    def __init__(self, fmt: str = "text", debug: bool = False) -> None:
+        self.format = fmt
+        self.debug = debug
+        self.err = Console(stderr=True, highlight=False)
+
+    @property
+    def json(self) -> bool:
+        return self.format == "json"
+
+    def emit(self, doc: Any, text: str | None = None) -> None:
+        """The command's result: one JSON document, or human text."""
+        if self.json:
+            click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+        elif text is not None:
+            click.echo(text)
+
+    def warn(self, message: str) -> None:
+        click.echo(f"nerd: warning: {message}", err=True)
+
+    def hint(self, message: str) -> None:
+        if not self.json:
+            click.echo(message, err=True)
+
+    @contextlib.contextmanager
+    def progress(self, description: str) -> Iterator[ProgressCallback | None]:
+        """A progress-bar callback on stderr, or None when stderr is not a terminal or output is JSON."""
+        if self.json or not sys.stderr.isatty():
+            yield None
+            return
+        bar = Bar(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                  TransferSpeedColumn(), TextColumn("{task.fields[files]}"), TimeRemainingColumn(),
+                  console=self.err, transient=True)
+        task = bar.add_task(description, total=None, files="")
+
+        def update(p: Progress) -> None:
+            label = "scanning" if p.phase == "scan" else description
+            files = f"{p.files_done}/{p.files_total} files" if p.files_total else f"{p.files_done} files"
+            bar.update(task, description=label, completed=p.bytes_done,
+                       total=p.bytes_total if p.phase != "scan" else None, files=files)
+
+        with bar:
+            yield update
