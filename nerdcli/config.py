@@ -18,18 +18,16 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from nerdfs import ConfigError, S3Options
+from nerdfs import ConfigError
+from nerdfs.settings import (DatasetsConfig, S3Config, datasets_section, nerd_home, parse_size, read_config_doc,
+                             section, typed)
 
-
-def nerd_home() -> Path:
-    return Path(os.environ.get("NERD_HOME", Path.home() / ".nerd"))
+__all__ = ["Config", "AuthConfig", "LoggingConfig", "DatasetsConfig", "S3Config", "parse_size", "nerd_home",
+           "default_config_path", "default_session_path"]
 
 
 def default_config_path() -> Path:
@@ -38,24 +36,6 @@ def default_config_path() -> Path:
 
 def default_session_path() -> Path:
     return nerd_home() / "session.json"
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(value: Any, what: str = "size") -> int:
-    """``10GiB``, ``500M``, ``1.5T`` or a plain number of bytes (powers of 1024)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what}: expected a size like 10GiB, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{what}: must not be negative")
-        return value
-    m = _SIZE_RE.match(str(value))
-    if not m:
-        raise ValueError(f"{what}: expected a size like 10GiB or 500M, got {value!r}")
-    number, unit = float(m.group(1)), m.group(2).lower()
-    return int(number * 1024 ** " kmgtp".index(unit or " "))
 
 
 @dataclass
@@ -74,43 +54,6 @@ class LoggingConfig:
 
 
 @dataclass
-class S3Config:
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    session_token: str | None = None
-    profile: str | None = None
-    max_connections: int = 16
-
-    def options(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint_url, region=self.region, access_key_id=self.access_key_id,
-                         secret_access_key=self.secret_access_key, session_token=self.session_token,
-                         profile=self.profile, max_connections=self.max_connections)
-
-
-@dataclass
-class DatasetsConfig:
-    store: str = ""  # default: file://<nerd home>/store
-    cache_dir: str = ""  # default: <nerd home>/cache
-    cache_size: int = 10 << 30
-    threads: int = 8
-    s3: S3Config = field(default_factory=S3Config)
-
-    def store_url(self) -> str:
-        url = os.environ.get("NERD_STORE") or self.store
-        if not url:
-            return f"file://{nerd_home() / 'store'}"
-        if url.startswith("file://~") or url.startswith("~"):
-            path = os.path.expanduser(url.removeprefix("file://"))
-            return f"file://{path}"
-        return url
-
-    def cache_path(self) -> Path:
-        return Path(os.path.expanduser(self.cache_dir)) if self.cache_dir else nerd_home() / "cache"
-
-
-@dataclass
 class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -122,24 +65,15 @@ class Config:
     def load(cls, path: str | os.PathLike | None = None) -> "Config":
         """The config at ``path`` (default ``~/.nerd/config.json``); defaults if it does not exist."""
         p = Path(path) if path else default_config_path()
-        try:
-            text = p.read_text()
-        except FileNotFoundError:
+        doc = read_config_doc(p)
+        if doc is None:
             return cls(path=p)
-        except OSError as e:
-            raise ConfigError(f"config {p}: cannot read it ({e.strerror})") from None
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config {p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"config {p}: must be a JSON object")
         try:
             cfg = cls(
-                auth=_section(AuthConfig, doc.get("auth"), "auth"),
-                logging=_section(LoggingConfig, doc.get("logging"), "logging"),
-                nerd_api_endpoint=_typed(doc.get("nerd_api_endpoint", "local"), str, "nerd_api_endpoint"),
-                datasets=_datasets(doc.get("datasets")),
+                auth=section(AuthConfig, doc.get("auth"), "auth"),
+                logging=section(LoggingConfig, doc.get("logging"), "logging"),
+                nerd_api_endpoint=typed(doc.get("nerd_api_endpoint", "local"), str, "nerd_api_endpoint"),
+                datasets=datasets_section(doc.get("datasets")),
                 path=p,
             )
         except ValueError as e:
@@ -147,37 +81,3 @@ class Config:
         return cfg
 
 
-def _typed(value: Any, kind: type | tuple, key: str) -> Any:
-    if value is not None and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ValueError(f"{key} must be a {names}, got {json.dumps(value)}")
-    return value
-
-
-def _section(cls: type, doc: Any, key: str, special: dict | None = None) -> Any:
-    if doc is None:
-        return cls()
-    if not isinstance(doc, dict):
-        raise ValueError(f"{key} must be an object")
-    kwargs = {}
-    known = {f.name: f for f in fields(cls)}
-    for name, value in doc.items():
-        if name not in known:
-            continue  # tolerate keys from newer versions
-        if special and name in special:
-            kwargs[name] = special[name](value, f"{key}.{name}")
-            continue
-        default = getattr(cls(), name)
-        kind = type(default) if default is not None else str
-        if value is None and default is None:
-            kwargs[name] = None
-            continue
-        kwargs[name] = _typed(value, kind, f"{key}.{name}")
-    return cls(**kwargs)
-
-
-def _datasets(doc: Any) -> DatasetsConfig:
-    return _section(DatasetsConfig, doc, "datasets", special={
-        "cache_size": parse_size,
-        "s3": lambda v, k: _section(S3Config, v, k),
-    })
