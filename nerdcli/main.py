@@ -61,9 +61,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.UsageError as e:
+        where = f" — see '{e.ctx.command_path} --help'" if e.ctx else ""
+        _fail(f"{e.format_message()}{where}", e.exit_code, "UsageError", json_out)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        _fail(e.format_message(), e.exit_code, "UsageError", json_out)
     except click.Abort:
         click.echo("nerd: aborted", err=True)
         sys.exit(130)

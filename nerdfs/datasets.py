@@ -145,7 +145,7 @@ class Datasets:
         return name, *matches[0]
 
     def delete(self, name: str) -> str:
-        """Remove the dataset's ref; its objects stay until garbage collection. The last head."""
+        """Remove the dataset's ref (its objects stay in the store); returns the last head."""
         head = self.head(name)
         if head is None:
             raise NotFound(f"no dataset named {name!r} — see `nerd dataset list`")

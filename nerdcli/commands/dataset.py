@@ -22,7 +22,7 @@ def dataset() -> None:
 
 
 @dataset.command()
-@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@click.argument("directory", type=click.Path(path_type=str))
 @click.option("--name", "-n", help="Dataset name (default: the directory's name).")
 @click.option("--message", "-m", default="", help="A note kept with the snapshot.")
 @output_option
@@ -123,7 +123,7 @@ def log(app: App, name: str, limit: int | None) -> None:
 @output_option
 @pass_app
 def delete(app: App, name: str, yes: bool) -> None:
-    """Delete a dataset's name. Its snapshots stay in the store until garbage collection.
+    """Delete a dataset's name. Its snapshots stay in the store, downloadable by full id.
 
     \b
     Example:
@@ -137,5 +137,5 @@ def delete(app: App, name: str, yes: bool) -> None:
             click.confirm(f"Delete dataset {name}?", abort=True, err=True)
         last = ds.delete(name)
     app.out.emit({"dataset": name, "deleted": True, "snapshot": last},
-                 f"deleted dataset {name} (it was at snapshot {last}; upload or restore from that id "
-                 f"until garbage collection removes it)")
+                 f"deleted dataset {name} (it was at snapshot {last}; its objects stay in the store, so "
+                 f"`nerd dataset download {name}@{last} DIR` still restores it)")
