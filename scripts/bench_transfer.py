@@ -47,6 +47,7 @@ import filecmp
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import sys
@@ -295,6 +296,35 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - t
 
 
+def _client_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _server_cpu(server: SeaweedFS) -> float:
+    """CPU seconds (user + system) the weed process has used so far; NaN where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, AttributeError, IndexError, ValueError):
+        return float("nan")
+
+
+@dataclass
+class Measured:
+    result: object
+    wall: float
+    client_cpu: float  # this process, all threads
+    server_cpu: float  # the weed process
+
+
+def measured(server: SeaweedFS, fn, *args, **kwargs) -> Measured:
+    """Wall time and CPU seconds of both sides: on few cores, CPU is what limits loopback S3."""
+    c0, s0 = _client_cpu(), _server_cpu(server)
+    result, wall = timed(fn, *args, **kwargs)
+    return Measured(result, wall, _client_cpu() - c0, _server_cpu(server) - s0)
+
+
 def verify_tree(src: Path, dst: Path, specs: list[FileSpec]) -> None:
     for spec in specs:
         a, b = src / spec.rel, dst / spec.rel
@@ -355,11 +385,13 @@ def _measure(args, workdir: Path, server: SeaweedFS, data: Path, big_path: Path,
 
     # 1. upload: raw boto3, then nerd
     say(f"1. raw boto3 upload ({args.threads} threads)")
-    raw_sent, t_raw_up = timed(raw_upload, client, raw_bucket, data, specs, args.threads)
+    m_raw_up = measured(server, raw_upload, client, raw_bucket, data, specs, args.threads)
+    raw_sent, t_raw_up = m_raw_up.result, m_raw_up.wall
     say(f"   {mib(total) / t_raw_up:.1f} MiB/s ({t_raw_up:.2f}s)")
     say(f"1. nerd upload (datasets.threads={threads})")
-    up, t_nerd_up = timed(datatransfer.upload, data, name="mixed", config=cfg,
-                          progress=ProgressPrinter("nerd upload"))
+    m_nerd_up = measured(server, datatransfer.upload, data, name="mixed", config=cfg,
+                         progress=ProgressPrinter("nerd upload"))
+    up, t_nerd_up = m_nerd_up.result, m_nerd_up.wall
     say(f"   {mib(total) / t_nerd_up:.1f} MiB/s ({t_nerd_up:.2f}s), sent {fmt_bytes(up.bytes_uploaded)}, "
         f"{up.chunks_new}/{up.chunks_total} chunks new")
 
@@ -379,13 +411,15 @@ def _measure(args, workdir: Path, server: SeaweedFS, data: Path, big_path: Path,
     # 4. download: raw boto3, then nerd with a cold cache
     raw_dest = workdir / "down-raw"
     say(f"4. raw boto3 download ({args.threads} threads)")
-    _, t_raw_down = timed(raw_download, client, raw_bucket, raw_dest, specs, args.threads)
+    m_raw_down = measured(server, raw_download, client, raw_bucket, raw_dest, specs, args.threads)
+    t_raw_down = m_raw_down.wall
     say(f"   {mib(total) / t_raw_down:.1f} MiB/s ({t_raw_down:.2f}s)")
     nerd_dest = workdir / "down-nerd"
     cold = nerd_config(server, nerd_bucket, workdir / "cache-download", args.nerd_threads)
     say("4. nerd download (fresh cache dir)")
-    down, t_nerd_down = timed(datatransfer.download, "mixed", nerd_dest, config=cold,
-                              progress=ProgressPrinter("nerd download"))
+    m_nerd_down = measured(server, datatransfer.download, "mixed", nerd_dest, config=cold,
+                           progress=ProgressPrinter("nerd download"))
+    down, t_nerd_down = m_nerd_down.result, m_nerd_down.wall
     say(f"   {mib(total) / t_nerd_down:.1f} MiB/s ({t_nerd_down:.2f}s)")
     say("verifying both downloads against the source")
     verify_tree(data, raw_dest, specs)
@@ -398,6 +432,8 @@ def _measure(args, workdir: Path, server: SeaweedFS, data: Path, big_path: Path,
     rows = [
         _row("upload throughput", "MiB/s", up_nerd, up_raw, up_nerd / up_raw, ">= 0.90x raw", up_nerd / up_raw >= 0.9),
         _row("upload time", "s", t_nerd_up, t_raw_up, t_nerd_up / t_raw_up, None, None),
+        _cpu_row("upload CPU: client process", m_nerd_up.client_cpu, m_raw_up.client_cpu),
+        _cpu_row("upload CPU: SeaweedFS", m_nerd_up.server_cpu, m_raw_up.server_cpu),
         _row("upload bytes sent", "B", up.bytes_uploaded, raw_sent, up.bytes_uploaded / raw_sent, None, None),
         _row("unchanged re-upload: bytes sent", "B", re.bytes_uploaded, raw_sent, re.bytes_uploaded / raw_sent,
              "0 B", re.bytes_uploaded == 0),
@@ -408,6 +444,8 @@ def _measure(args, workdir: Path, server: SeaweedFS, data: Path, big_path: Path,
         _row("download throughput (cold cache)", "MiB/s", dn_nerd, dn_raw, dn_nerd / dn_raw, ">= 0.90x raw",
              dn_nerd / dn_raw >= 0.9),
         _row("download time", "s", t_nerd_down, t_raw_down, t_nerd_down / t_raw_down, None, None),
+        _cpu_row("download CPU: client process", m_nerd_down.client_cpu, m_raw_down.client_cpu),
+        _cpu_row("download CPU: SeaweedFS", m_nerd_down.server_cpu, m_raw_down.server_cpu),
     ]
     return {
         "setup": {
@@ -426,6 +464,9 @@ def _measure(args, workdir: Path, server: SeaweedFS, data: Path, big_path: Path,
             "download": down.to_dict() | {"wall_seconds": t_nerd_down},
         },
         "raw": {"upload_seconds": t_raw_up, "download_seconds": t_raw_down, "bytes": raw_sent},
+        "cpu_seconds": {name: {"client": m.client_cpu, "seaweedfs": m.server_cpu}
+                        for name, m in (("raw_upload", m_raw_up), ("nerd_upload", m_nerd_up),
+                                        ("raw_download", m_raw_down), ("nerd_download", m_nerd_down))},
         "figures": rows,
     }
 
@@ -436,13 +477,22 @@ def _row(name: str, unit: str, nerd: float, peer: float | None, ratio: float | N
             "result": None if ok is None else ("PASS" if ok else "MISS")}
 
 
+def _cpu_row(name: str, nerd: float, peer: float) -> dict:
+    ratio = nerd / peer if peer > 0 else None
+    return _row(name, "cpu-s", nerd, peer, None if ratio != ratio else ratio, None, None)
+
+
 def _cell(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
     if unit == "B":
         return fmt_bytes(value)
+    if value != value:  # NaN: not measurable here
+        return "n/a"
     if unit == "s":
         return f"{value:.2f} s"
+    if unit == "cpu-s":
+        return f"{value:.1f} CPU-s"
     return f"{value:.1f} {unit}"
 
 
@@ -466,6 +516,8 @@ def table(doc: dict) -> str:
     out.extend(fmt(line) for line in lines)
     out.append("")
     out.append("peer for re-upload bytes: what raw boto3 sends again (everything); for the insertion: the whole file.")
+    out.append(f"CPU-s: user+system seconds of this process (all threads) and of weed, over the same wall time; "
+               f"with {s['cpus']} CPUs both sides share the cores.")
     return "\n".join(out)
 
 
