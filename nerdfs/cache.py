@@ -58,7 +58,14 @@ class ObjectCache:
             path.parent.mkdir(exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(plain)
-            os.rename(tmp, path)
+            with self._lock:  # threads often fetch the same object at once: count it once
+                fresh = not path.exists()
+                if fresh:
+                    os.rename(tmp, path)
+                    self._used += len(plain)
+            if not fresh:
+                tmp.unlink()
+                return
         except OSError:
             try:
                 tmp.unlink()
@@ -67,7 +74,6 @@ class ObjectCache:
             return
         self.index.cache_touch(oid, len(plain), time.time_ns())
         with self._lock:
-            self._used += len(plain)
             over = self._used > self.limit
         if over:
             self.evict()

@@ -85,6 +85,9 @@ class Datasets:
         for _ in range(max_attempts):
             head = self.head(name)
             current = head.snapshot if head else None
+            if current == sid:
+                # Our ref write landed; only its answer was lost and the retry saw itself.
+                return sid, snap
             if current != snap.parent:
                 # Someone else committed: re-base our change on theirs.
                 theirs = self.repo.get_snapshot(current).tree if current else None
@@ -95,7 +98,9 @@ class Datasets:
                     raise CommitConflict(name, sid, current or "(deleted)", c.path) from None
                 snap = self._snapshot(name, merged, current, message, files, size)
                 sid = self.repo.put_snapshot(snap)
-                base_tree = theirs
+                # Our change now sits on top of theirs: if the ref moves again,
+                # the next merge is merged-vs-theirs, not the original tree.
+                tree, base_tree = merged, theirs
             ref = json.dumps({"snapshot": sid, "generation": (head.generation + 1) if head else 1}).encode()
             try:
                 self.store.put_if(f"refs/{name}", ref, head.version if head else None)
