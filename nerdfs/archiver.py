@@ -118,6 +118,7 @@ class Archiver:
     def archive(self, src: str | os.PathLike) -> tuple[str, ArchiveStats]:
         """Store the directory ``src``; returns its root tree id and the figures."""
         root, files, stats = self._scan(Path(src).absolute())
+        self.repo.refresh_known()
         tracker = Tracker("upload", self.progress, files_total=stats.files, bytes_total=stats.bytes_total)
         repo = self.repo
         scheduled: set[str] = set()  # chunk ids handed to the pool in this run

@@ -3,12 +3,14 @@
 It is only ever a cache of the store (plus, later, not-yet-uploaded state):
 deleting it costs speed, never data. Tables:
 
-- ``known``: object keys the store is known to hold, per store id, so a
-  re-upload does not ask the store about every chunk.
+- ``known``: object keys the store is known to hold, per store id, filled
+  from one listing of the store and from our own uploads, so an upload asks
+  the store nothing about chunks (see :meth:`Repository.refresh_known`).
 - ``files``: a scan cache, path + stat → chunk list, so an unchanged file is
   neither read nor hashed again (the same test restic and rsync use).
 - ``cache``: entries of the local chunk cache with their size and last use,
   for LRU eviction.
+- ``meta``: small facts per store (when its chunk list was last read).
 
 Write transactions are short and never held across I/O to the store.
 """
@@ -56,6 +58,7 @@ class Index:
         self._known = self.env.open_db(b"known")
         self._files = self.env.open_db(b"files")
         self._cache = self.env.open_db(b"cache")
+        self._meta = self.env.open_db(b"meta")
 
     def close(self) -> None:
         self.env.close()
@@ -92,6 +95,16 @@ class Index:
                 while cur.key().startswith(prefix):
                     if not cur.delete():
                         break
+
+    def listed_at(self, store_id: str) -> float:
+        """When the store's chunk list was last read into ``known`` (0: never)."""
+        with self.env.begin(db=self._meta) as txn:
+            raw = txn.get(f"{store_id}/listed_at".encode())
+        return float(raw) if raw else 0.0
+
+    def set_listed_at(self, store_id: str, when: float) -> None:
+        with self.env.begin(db=self._meta, write=True) as txn:
+            txn.put(f"{store_id}/listed_at".encode(), repr(when).encode())
 
     # -------------------------------------------------------------- scan cache
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,11 +130,13 @@ class Repository:
             return True
         return False
 
-    def put(self, kind: str, oid: str, plain: bytes | memoryview, *, check: bool = True) -> int:
-        """Store an object unless the store already has it; the number of bytes sent.
+    def put(self, kind: str, oid: str, plain: bytes | memoryview, *, check: bool = False) -> int:
+        """Store an object unless the index knows the store has it; the number of bytes sent.
 
-        Blocking: call from a worker thread. ``check=False`` skips the existence
-        check for small objects, where a PUT costs no more than a HEAD.
+        Blocking: call from a worker thread. Objects are named by content, so
+        sending one the store already has (uploaded by another client since
+        our last listing) costs bandwidth, never correctness; ``check=True``
+        asks the store first, which costs a request per object.
         """
         key = object_key(kind, oid)
         if self.index.known(self.id, key) or (check and self.has(kind, oid)):
@@ -143,8 +146,27 @@ class Repository:
         self.index.add_known(self.id, [key])
         return len(framed)
 
-    def get(self, kind: str, oid: str, *, cache: bool = True) -> bytes:
-        """The object's verified plain bytes."""
+    def refresh_known(self, max_age: float = 24 * 3600.0) -> bool:
+        """Read the store's chunk list into the index unless it was read within ``max_age`` seconds.
+
+        One listing (1,000 keys a request on S3) replaces a HEAD per chunk:
+        dedup against what other clients uploaded, at a fraction of the cost.
+        """
+        started = time.time()
+        if started - self.index.listed_at(self.id) < max_age:
+            return False
+        batch: list[str] = []
+        for key in self.store.list(f"{CHUNK}/"):
+            batch.append(key)
+            if len(batch) >= 10_000:
+                self.index.add_known(self.id, batch)
+                batch = []
+        self.index.add_known(self.id, batch)
+        self.index.set_listed_at(self.id, started)
+        return True
+
+    def get(self, kind: str, oid: str, *, cache: bool = True, keep: bool = True) -> bytes:
+        """The object's verified plain bytes; ``cache`` reads the local cache, ``keep`` fills it."""
         hit = self.cache.get(oid) if cache else None
         if hit is not None:
             return hit
@@ -155,20 +177,20 @@ class Repository:
             what = {CHUNK: "chunk", TREE: "tree", SNAPSHOT: "snapshot"}[kind]
             raise IntegrityError(f"store {self.url}: {what} {oid} is missing (the store is damaged)") from None
         plain = decode(oid, framed, {CHUNK: "chunk", TREE: "tree", SNAPSHOT: "snapshot"}[kind])
-        if cache:
+        if keep:
             self.cache.put(oid, plain)
         return plain
 
     def put_tree(self, tree: Tree) -> tuple[str, int]:
         tid, plain = tree.encode()
-        return tid, self.put(TREE, tid, plain, check=False)
+        return tid, self.put(TREE, tid, plain)
 
     def get_tree(self, tid: str) -> Tree:
         return Tree.decode(tid, self.get(TREE, tid))
 
     def put_snapshot(self, snap: Snapshot) -> str:
         sid, plain = snap.encode()
-        self.put(SNAPSHOT, sid, plain, check=False)
+        self.put(SNAPSHOT, sid, plain)
         return sid
 
     def get_snapshot(self, sid: str) -> Snapshot:

@@ -145,7 +145,8 @@ class Restorer:
                 if failed:
                     return
                 try:
-                    data = self.repo.get(CHUNK, cid, cache=self.use_cache)
+                    # Read the cache, don't fill it: a download already writes every byte once.
+                    data = self.repo.get(CHUNK, cid, cache=self.use_cache, keep=False)
                 except IntegrityError as e:
                     raise IntegrityError(f"{e} (needed by {of.final}; nothing was written under its name)") from None
                 if len(data) != length:

@@ -60,6 +60,10 @@ class SeaweedFS:
                                "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
         self.s3_config = self.data_dir / "s3.json"
         self.s3_config.write_text(json.dumps(cfg))
+        # weed reads master.toml from its working directory. Every bucket is a
+        # collection; the default grows 7 volumes per collection, which runs out
+        # of volume slots after a dozen buckets.
+        (self.data_dir / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 2\n")
 
     def start(self, timeout: float = 60.0) -> "SeaweedFS":
         p = self.ports
@@ -68,11 +72,11 @@ class SeaweedFS:
             f"-master.port={p['master']}",
             f"-volume.port={p['volume']}", "-filer", f"-filer.port={p['filer']}", "-s3", f"-s3.port={p['s3']}",
             f"-s3.config={self.s3_config}", "-master.telemetry=false", "-master.volumeSizeLimitMB=1024",
-            "-volume.max=0", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
+            "-volume.max=1000", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
         ]
         log = open(self.data_dir / "weed.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     cwd=self.data_dir, start_new_session=True)
         deadline = time.monotonic() + timeout
         client = self.client()
         while True:
@@ -88,13 +92,10 @@ class SeaweedFS:
                 time.sleep(0.2)
 
     def stop(self) -> None:
+        """Kill at once: weed ignores SIGTERM for ~20 s, and an abrupt stop is what the fault tests want."""
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.kill()
+            self.proc.wait()
         self.proc = None
 
     def client(self):
@@ -106,7 +107,19 @@ class SeaweedFS:
         )
 
     def make_bucket(self, name: str) -> str:
-        self.client().create_bucket(Bucket=name)
+        """A new bucket, warmed up: SeaweedFS may answer InternalError to the first write of a new bucket
+        while it grows a volume for it."""
+        client = self.client()
+        client.create_bucket(Bucket=name)
+        for attempt in range(50):
+            try:
+                client.put_object(Bucket=name, Key=".warmup", Body=b"x")
+                client.delete_object(Bucket=name, Key=".warmup")
+                return name
+            except Exception:
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)
         return name
 
     def env(self) -> dict[str, str]:

@@ -150,7 +150,10 @@ class S3Store:
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **cond)
         except (bex.ClientError, bex.BotoCoreError) as e:
-            raise self._error(e, key) from None
+            err = self._error(e, key)
+            if isinstance(err, ObjectNotFound):  # If-Match on a ref deleted meanwhile (AWS answers 404)
+                raise RefConflict(f"{key} was deleted concurrently") from None
+            raise err from None
 
     def close(self) -> None:
         self.client.close()
