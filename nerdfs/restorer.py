@@ -9,8 +9,9 @@ fetched by a bounded pool of worker threads, verified, and written with
 
 from __future__ import annotations
 
+import itertools
 import os
-import secrets
+import random
 import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,17 +33,35 @@ class RestoreStats:
     bytes_fetched: int = 0  # plain chunk bytes fetched from the store or cache
 
 
+def _temp_name(final: Path) -> Path:
+    """A hidden name beside ``final``; O_EXCL (or symlink) refuses the rare collision."""
+    return final.with_name(f".nerd-part-{os.getpid()}-{next(_seq)}-{random.getrandbits(32):08x}")
+
+
+_seq = itertools.count()
+
+
 class _OpenFile:
-    """A file being assembled: its temp path, fd, and how many chunks are still due."""
+    """A file being assembled: its temp path, fd, and how many chunks are still due.
+
+    Opened by the first chunk that arrives, in a worker thread, so creating
+    thousands of small files runs in parallel rather than in the scheduler.
+    """
 
     def __init__(self, final: Path, entry: Entry) -> None:
         self.final = final
         self.entry = entry
-        self.tmp = final.with_name(f".nerd-part-{secrets.token_hex(6)}")
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        os.ftruncate(self.fd, entry.size)
+        self.tmp = _temp_name(final)
+        self.fd = -1
         self.pending = len(entry.chunks)
         self.lock = threading.Lock()
+
+    def open(self) -> int:
+        with self.lock:
+            if self.fd < 0:
+                self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                os.ftruncate(self.fd, self.entry.size)
+            return self.fd
 
 
 class Restorer:
@@ -151,7 +170,7 @@ class Restorer:
                     raise IntegrityError(f"{e} (needed by {of.final}; nothing was written under its name)") from None
                 if len(data) != length:
                     raise IntegrityError(f"chunk {cid} of {of.final} has length {len(data)}, the tree says {length}")
-                os.pwrite(of.fd, data, offset)
+                os.pwrite(of.open(), data, offset)
                 with lock:
                     stats.bytes_fetched += length
                 tracker.add(nbytes=length)
@@ -174,6 +193,7 @@ class Restorer:
                     of = _OpenFile(dest, entry)
                     opened.append(of)
                     if not entry.chunks:
+                        of.open()
                         self._finish_file(of, force)
                         tracker.add(files=1)
                         continue
@@ -189,7 +209,7 @@ class Restorer:
                 for f in futures:
                     f.result()
                 for of in opened:
-                    if of.pending:  # never finished: close it, the caller removes the temp file
+                    if of.pending and of.fd >= 0:  # never finished: close it, the caller removes the temp
                         os.close(of.fd)
         if failed:
             raise failed[0]
@@ -204,7 +224,7 @@ class Restorer:
         self._replace(of.tmp, of.final, force)
 
     def _place_symlink(self, path: Path, entry: Entry, force: bool) -> None:
-        tmp = path.with_name(f".nerd-part-{secrets.token_hex(6)}")
+        tmp = _temp_name(path)
         os.symlink(entry.target or "", tmp)
         os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
         self._replace(tmp, path, force)
