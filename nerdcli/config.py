@@ -22,11 +22,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nerdfs import ConfigError
-from nerdfs.settings import (DatasetsConfig, S3Config, datasets_section, nerd_home, parse_size, read_config_doc,
+from nerdfs import ConfigError, S3Options
+from nerdfs.settings import (DatasetsConfig, datasets_section, nerd_home, parse_size, read_config_doc,
                              section, typed)
 
-__all__ = ["Config", "AuthConfig", "LoggingConfig", "DatasetsConfig", "S3Config", "parse_size", "nerd_home",
+__all__ = ["Config", "AuthConfig", "LoggingConfig", "DatasetsConfig", "S3Options", "parse_size", "nerd_home",
            "default_config_path", "default_session_path"]
 
 

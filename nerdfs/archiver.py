@@ -1,7 +1,7 @@
 """Archiver: a local directory → chunks and trees in the store (restic's pipeline).
 
 scan (walk, stat, totals) → chunk + hash (this thread; FastCDC and BLAKE3
-release the GIL) → compress + PUT (a bounded pool of worker threads) → trees,
+release the GIL) → compress + PUT (bounded :class:`~nerdfs.workers.Workers`) → trees,
 bottom-up. Only chunks the store does not already hold are sent. Everything
 blocks: async callers run :meth:`Archiver.archive` in a thread.
 """
@@ -13,7 +13,6 @@ import logging
 import os
 import stat
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ from .index import FileStat
 from .objects import DIR, FILE, SYMLINK, Entry, Tree, mode_kind
 from .progress import ProgressCallback, Tracker
 from .repo import CHUNK, Repository, object_key
+from .workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -121,61 +121,44 @@ class Archiver:
         self.repo.refresh_known()
         tracker = Tracker("upload", self.progress, files_total=stats.files, bytes_total=stats.bytes_total)
         repo = self.repo
-        scheduled: set[str] = set()  # chunk ids handed to the pool in this run
-        budget = threading.BoundedSemaphore(max(1, self.max_in_flight // repo.config.chunker.max_size))
-        futures: list[Future] = []
-        failed: list[BaseException] = []
+        scheduled: set[str] = set()  # chunk ids handed to the workers in this run
         lock = threading.Lock()
         new_files: list[tuple[str, FileStat, list[tuple[str, int]]]] = []
 
         def send(cid: str, data: memoryview) -> None:
-            try:
-                if failed:
-                    return
-                sent = repo.put(CHUNK, cid, data)
+            sent = repo.put(CHUNK, cid, data)
+            if sent:
                 with lock:
-                    if sent:
-                        stats.chunks_new += 1
-                        stats.bytes_new += len(data)
-                        stats.bytes_uploaded += sent
-                tracker.add(sent=sent)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                failed.append(e)
-            finally:
-                budget.release()
+                    stats.chunks_new += 1
+                    stats.bytes_new += len(data)
+                    stats.bytes_uploaded += sent
+            tracker.add(sent=sent)
 
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="nerd-put") as pool:
-            try:
-                for node in files:
-                    if failed:
-                        break
-                    fst = FileStat.of(node.st)
-                    cached = repo.index.file_chunks(repo.id, str(node.path), fst)
-                    if cached is not None and len(repo.index.known_many(
-                            repo.id, [object_key(CHUNK, c) for c, _ in cached])) == len({c for c, _ in cached}):
-                        node.chunks = cached
-                        stats.chunks_total += len(cached)
-                        tracker.add(files=1, nbytes=fst.size)
-                        continue
-                    node.chunks, node.st, stable = self._chunk_file(
-                        node, scheduled, budget, pool, futures, send, tracker)
-                    stats.chunks_total += len(node.chunks)
-                    if stable:
-                        new_files.append((str(node.path), FileStat.of(node.st), node.chunks))
-                    tracker.add(files=1)
-            finally:
-                for f in futures:
-                    f.result()
-        if failed:
-            raise failed[0]
+        in_flight = max(1, self.max_in_flight // repo.config.chunker.max_size)
+        with Workers(self.threads, in_flight, "nerd-put") as workers:
+            for node in files:
+                if workers.failed:
+                    break
+                fst = FileStat.of(node.st)
+                cached = repo.index.file_chunks(repo.id, str(node.path), fst)
+                if cached is not None and len(repo.index.known_many(
+                        repo.id, [object_key(CHUNK, c) for c, _ in cached])) == len({c for c, _ in cached}):
+                    node.chunks = cached
+                    stats.chunks_total += len(cached)
+                    tracker.add(files=1, nbytes=fst.size)
+                    continue
+                node.chunks, node.st, stable = self._chunk_file(node, scheduled, workers, send, tracker)
+                stats.chunks_total += len(node.chunks)
+                if stable:
+                    new_files.append((str(node.path), FileStat.of(node.st), node.chunks))
+                tracker.add(files=1)
         repo.index.put_files(repo.id, new_files)
         root_tree = self._store_trees(root)
         tracker.finish()
         return root_tree, stats
 
-    def _chunk_file(self, node: _Node, scheduled: set[str], budget: threading.BoundedSemaphore,
-                    pool: ThreadPoolExecutor, futures: list[Future], send: Callable, tracker: Tracker,
-                    ) -> tuple[list[tuple[str, int]], os.stat_result, bool]:
+    def _chunk_file(self, node: _Node, scheduled: set[str], workers: Workers, send: Callable,
+                    tracker: Tracker) -> tuple[list[tuple[str, int]], os.stat_result, bool]:
         """Cut one file and schedule its unknown chunks; re-reads once if it changed meanwhile.
 
         Returns the chunk list, the file's stat after reading, and whether it
@@ -193,8 +176,8 @@ class Archiver:
                         if piece.id in scheduled or repo.index.known(repo.id, object_key(CHUNK, piece.id)):
                             continue
                         scheduled.add(piece.id)
-                        budget.acquire()
-                        futures.append(pool.submit(send, piece.id, piece.data))
+                        if not workers.submit(send, piece.id, piece.data):
+                            return chunks, os.fstat(f.fileno()), False  # the upload is failing anyway
                     after = os.fstat(f.fileno())
             except FileNotFoundError:
                 raise NotFound(f"file {node.path} vanished during the upload — run the upload again") from None

@@ -40,7 +40,7 @@ def check(store: str | None, config_file: str | None, read_data: bool, output: s
       nerdfs check --store s3://bucket/nerd --read-data -o json
     """
     ds = load_datasets(config_file or nerd_home() / "config.json")
-    with Repository.open(store or ds.store_url(), s3=ds.s3.options(), cache_dir=ds.cache_path(),
+    with Repository.open(store or ds.store_url(), s3=ds.s3, cache_dir=ds.cache_path(),
                          cache_size=ds.cache_size, create=False) as repo:
         report = Checker(repo, threads=ds.threads).check(read_data=read_data)
     doc = {"store": repo.url, "ok": report.ok, "datasets": report.datasets, "snapshots": report.snapshots,

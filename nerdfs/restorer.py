@@ -14,7 +14,6 @@ import os
 import random
 import stat
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .errors import IntegrityError, UsageError
 from .objects import DIR, FILE, Entry, check_name
 from .progress import ProgressCallback, Tracker
 from .repo import CHUNK, Repository
+from .workers import Workers
 
 
 @dataclass
@@ -153,42 +153,32 @@ class Restorer:
 
     def _fetch_files(self, files: list[tuple[Path, Entry]], stats: RestoreStats, tracker: Tracker,
                      force: bool) -> None:
-        budget = threading.BoundedSemaphore(self.threads * 4)
-        failed: list[BaseException] = []
-        futures: list[Future] = []
         lock = threading.Lock()
         opened: list[_OpenFile] = []
 
         def fetch(of: _OpenFile, cid: str, offset: int, length: int) -> None:
             try:
-                if failed:
-                    return
-                try:
-                    # Read the cache, don't fill it: a download already writes every byte once.
-                    data = self.repo.get(CHUNK, cid, cache=self.use_cache, keep=False)
-                except IntegrityError as e:
-                    raise IntegrityError(f"{e} (needed by {of.final}; nothing was written under its name)") from None
-                if len(data) != length:
-                    raise IntegrityError(f"chunk {cid} of {of.final} has length {len(data)}, the tree says {length}")
-                os.pwrite(of.open(), data, offset)
-                with lock:
-                    stats.bytes_fetched += length
-                tracker.add(nbytes=length)
-                with of.lock:
-                    of.pending -= 1
-                    last = of.pending == 0
-                if last:
-                    self._finish_file(of, force)
-                    tracker.add(files=1)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                failed.append(e)
-            finally:
-                budget.release()
+                # Read the cache, don't fill it: a download already writes every byte once.
+                data = self.repo.get(CHUNK, cid, cache=self.use_cache, keep=False)
+            except IntegrityError as e:
+                raise IntegrityError(f"{e} (needed by {of.final}; nothing was written under its name)") from None
+            if len(data) != length:
+                raise IntegrityError(f"chunk {cid} of {of.final} has length {len(data)}, the tree says {length}")
+            os.pwrite(of.open(), data, offset)
+            with lock:
+                stats.bytes_fetched += length
+            tracker.add(nbytes=length)
+            with of.lock:
+                of.pending -= 1
+                last = of.pending == 0
+            if last:
+                self._finish_file(of, force)
+                tracker.add(files=1)
 
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="nerd-get") as pool:
-            try:
+        try:
+            with Workers(self.threads, self.threads * 4, "nerd-get") as workers:
                 for dest, entry in files:
-                    if failed:
+                    if workers.failed:
                         break
                     of = _OpenFile(dest, entry)
                     opened.append(of)
@@ -199,20 +189,13 @@ class Restorer:
                         continue
                     offset = 0
                     for cid, length in entry.chunks:
-                        budget.acquire()
-                        if failed:
-                            budget.release()
+                        if not workers.submit(fetch, of, cid, offset, length):
                             break
-                        futures.append(pool.submit(fetch, of, cid, offset, length))
                         offset += length
-            finally:
-                for f in futures:
-                    f.result()
-                for of in opened:
-                    if of.pending and of.fd >= 0:  # never finished: close it, the caller removes the temp
-                        os.close(of.fd)
-        if failed:
-            raise failed[0]
+        finally:
+            for of in opened:
+                if of.pending and of.fd >= 0:  # never finished: close it, the caller removes the temp file
+                    os.close(of.fd)
 
     def _finish_file(self, of: _OpenFile, force: bool) -> None:
         try:

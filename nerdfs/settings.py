@@ -40,28 +40,12 @@ def parse_size(value: Any, what: str = "size") -> int:
 
 
 @dataclass
-class S3Config:
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    session_token: str | None = None
-    profile: str | None = None
-    max_connections: int = 16
-
-    def options(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint_url, region=self.region, access_key_id=self.access_key_id,
-                         secret_access_key=self.secret_access_key, session_token=self.session_token,
-                         profile=self.profile, max_connections=self.max_connections)
-
-
-@dataclass
 class DatasetsConfig:
     store: str = ""  # default: file://<nerd home>/store
     cache_dir: str = ""  # default: <nerd home>/cache
     cache_size: int = 10 << 30
     threads: int = 8
-    s3: S3Config = field(default_factory=S3Config)
+    s3: S3Options = field(default_factory=S3Options)  # the `s3` object: endpoint_url, region, credentials…
 
     def store_url(self) -> str:
         url = os.environ.get("NERD_STORE") or self.store
@@ -77,6 +61,8 @@ class DatasetsConfig:
 
 
 def typed(value: Any, kind: type | tuple, key: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     if value is not None and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ValueError(f"{key} must be a {names}, got {json.dumps(value)}")
@@ -108,7 +94,7 @@ def section(cls: type, doc: Any, key: str, special: dict | None = None) -> Any:
 def datasets_section(doc: Any) -> DatasetsConfig:
     return section(DatasetsConfig, doc, "datasets", special={
         "cache_size": parse_size,
-        "s3": lambda v, k: section(S3Config, v, k),
+        "s3": lambda v, k: section(S3Options, v, k),
     })
 
 

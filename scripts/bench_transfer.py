@@ -66,7 +66,7 @@ import botocore.config  # noqa: E402
 
 from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS  # noqa: E402
 
-from nerdcli.config import Config, S3Config  # noqa: E402
+from nerdcli.config import Config, S3Options  # noqa: E402
 from nerdcli.service import datatransfer  # noqa: E402
 
 KiB = 1024
@@ -266,7 +266,7 @@ def nerd_config(server: SeaweedFS, bucket: str, cache_dir: Path, threads: int | 
     cfg = Config()
     cfg.datasets.store = f"s3://{bucket}/nerd"
     cfg.datasets.cache_dir = str(cache_dir)
-    cfg.datasets.s3 = S3Config(endpoint_url=server.endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+    cfg.datasets.s3 = S3Options(endpoint_url=server.endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
     if threads:
         cfg.datasets.threads = threads
     return cfg

@@ -61,7 +61,7 @@ def open_repository(config: Config | None = None) -> Repository:
     """The repository the config points at (created on first use)."""
     cfg = config or Config.load()
     ds = cfg.datasets
-    return Repository.open(ds.store_url(), s3=ds.s3.options(), cache_dir=ds.cache_path(), cache_size=ds.cache_size)
+    return Repository.open(ds.store_url(), s3=ds.s3, cache_dir=ds.cache_path(), cache_size=ds.cache_size)
 
 
 def default_name(src: str | os.PathLike) -> str:
