@@ -152,6 +152,7 @@ class Archiver:
                 if stable:
                     new_files.append((str(node.path), FileStat.of(node.st), node.chunks))
                 tracker.add(files=1)
+        repo.flush()  # before the scan cache: it may only name chunks the index knows
         repo.index.put_files(repo.id, new_files)
         root_tree = self._store_trees(root)
         tracker.finish()
@@ -173,7 +174,7 @@ class Archiver:
                     for piece in repo.chunker.cut_file(f):
                         chunks.append((piece.id, piece.length))
                         tracker.add(nbytes=piece.length)
-                        if piece.id in scheduled or repo.index.known(repo.id, object_key(CHUNK, piece.id)):
+                        if piece.id in scheduled or repo.knows(object_key(CHUNK, piece.id)):
                             continue
                         scheduled.add(piece.id)
                         if not workers.submit(send, piece.id, piece.data):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ class Repository:
         self.id = self.config.id
         self.chunker = Chunker(self.config.chunker)
         cache_dir = Path(cache_dir)
+        self._known_lock = threading.Lock()
+        self._new_known: set[str] = set()
+        self._flushed_at = time.monotonic()
         self.index = Index(cache_dir / "index")
         self.cache = ObjectCache(cache_dir / "objects", self.index, cache_size)
 
@@ -93,6 +97,7 @@ class Repository:
         return cls(store, cache_dir or default_cache_dir(), cache_size, create=create)
 
     def close(self) -> None:
+        self.flush()
         self.index.close()
         self.store.close()
 
@@ -123,10 +128,10 @@ class Repository:
     def has(self, kind: str, oid: str) -> bool:
         """Whether the store holds the object: the index answers first, then the store."""
         key = object_key(kind, oid)
-        if self.index.known(self.id, key):
+        if self.knows(key):
             return True
         if self.store.exists(key):
-            self.index.add_known(self.id, [key])
+            self._learn(key)
             return True
         return False
 
@@ -139,12 +144,38 @@ class Repository:
         asks the store first, which costs a request per object.
         """
         key = object_key(kind, oid)
-        if self.index.known(self.id, key) or (check and self.has(kind, oid)):
+        if self.knows(key) or (check and self.has(kind, oid)):
             return 0
         framed = encode(plain, self.config.compression_level)
         self.store.put(key, framed)
-        self.index.add_known(self.id, [key])
+        self._learn(key)
         return len(framed)
+
+    def knows(self, key: str) -> bool:
+        """Whether the index (or the batch not yet written to it) says the store holds ``key``."""
+        with self._known_lock:
+            if key in self._new_known:
+                return True
+        return self.index.known(self.id, key)
+
+    def _learn(self, key: str) -> None:
+        # Batched (64 objects or 1 s): one LMDB write transaction per object
+        # serialised the upload threads. After kill -9 only the last second's
+        # objects are unknown to the index, and get sent again on resume.
+        with self._known_lock:
+            self._new_known.add(key)
+            now = time.monotonic()
+            if len(self._new_known) < 64 and now - self._flushed_at < 1.0:
+                return
+            batch, self._new_known, self._flushed_at = self._new_known, set(), now
+        self.index.add_known(self.id, batch)
+
+    def flush(self) -> None:
+        """Write what was learnt about the store to the index."""
+        with self._known_lock:
+            batch, self._new_known = self._new_known, set()
+        if batch:
+            self.index.add_known(self.id, batch)
 
     def refresh_known(self, max_age: float = 24 * 3600.0) -> bool:
         """Read the store's chunk list into the index unless it was read within ``max_age`` seconds.

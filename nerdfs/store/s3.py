@@ -13,6 +13,7 @@ from typing import Iterator
 
 import boto3
 import botocore.config
+import botocore.handlers
 import botocore.exceptions as bex
 
 from ..errors import ObjectNotFound, RefConflict, StoreError, TransientStoreError
@@ -66,6 +67,9 @@ class S3Store:
             )
         except (bex.BotoCoreError, ValueError) as e:
             raise StoreError(f"store {self.url}: cannot configure the S3 client ({e}) — check datasets.s3") from None
+        # No "Expect: 100-continue" round trip before each PUT: our bodies are a
+        # few MiB at most, cheaper to send than to ask about.
+        self.client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
 
     def _key(self, key: str) -> str:
         return self.prefix + key
