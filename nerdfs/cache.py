@@ -78,6 +78,28 @@ class ObjectCache:
         if over:
             self.evict()
 
+    def adopt(self, oid: str, path: Path) -> None:
+        """Take over a local file holding the object's plain bytes (moved, not copied)."""
+        dest = self._path(oid)
+        try:
+            size = path.stat().st_size
+            dest.parent.mkdir(exist_ok=True)
+            with self._lock:
+                keep = self.limit > 0 and not dest.exists()
+                if keep:
+                    os.rename(path, dest)
+                    self._used += size
+            if not keep:
+                path.unlink()
+                return
+        except OSError:
+            return
+        self.index.cache_touch(oid, size, time.time_ns())
+        with self._lock:
+            over = self._used > self.limit
+        if over:
+            self.evict()
+
     def evict(self, target: int | None = None) -> None:
         """Remove least recently used entries until the cache is at ``target`` (90% of the limit)."""
         goal = int(self.limit * 0.9) if target is None else target

@@ -51,7 +51,7 @@ class Index:
         self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=8, subdir=True, readahead=False,
+            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=16, subdir=True, readahead=False,
                                  sync=False)  # a cache: losing the last writes in a crash costs only a re-check
         except (OSError, lmdb.Error) as e:
             raise ConfigError(f"index {self.path}: cannot open ({e}) — check datasets.cache_dir") from None

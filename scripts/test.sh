@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests use; installed only when missing (we are root in CI).
-APT_PACKAGES=()  # grows with the mount (fuse3) and jobs (podman, slurm)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rsync git sqlite3)  # FUSE for the mount, real programs in it
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

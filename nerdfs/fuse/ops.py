@@ -1,0 +1,407 @@
+"""pyfuse3 operations: thin handlers over :class:`Workspace` and :class:`Contents`.
+
+Handlers translate between FUSE and the working trees and keep the little
+state only the kernel conversation needs: lookup counts, open handles and,
+for files open for writing, their size and mtime (persisted on flush). CPU
+and store work (filling a staging file, cutting it into chunks, fetching
+chunks) runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from ..contents import Contents
+from ..datasets import NAME_RE
+from ..errors import IntegrityError, NerdError
+from ..workspace import ROOT, FsError, Inode, Workspace
+
+log = logging.getLogger(__name__)
+_TIMEOUT = 1.0  # attribute/entry cache: >0 keeps `ls -l` of 10k files fast
+
+
+@dataclass
+class _Open:
+    """A file with open handles."""
+
+    handles: int = 0
+    writers: int = 0
+    size: int | None = None  # while written: the authoritative size
+    mtime_ns: int | None = None
+    written: bool = False
+
+
+def _errors(fn):
+    """Map our errors to errnos: FsError as is, integrity problems as EIO, store trouble as EIO."""
+
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await fn(self, *args, **kwargs)
+        except FsError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except IntegrityError as e:
+            log.error("%s", e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except NerdError as e:
+            log.error("%s", e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise pyfuse3.FUSEError(e.errno) from None
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+class Operations(pyfuse3.Operations):
+    enable_writeback_cache = True
+
+    def __init__(self, ws: Workspace, contents: Contents, cache_dir: str, read_only: bool = False) -> None:
+        super().__init__()
+        self.ws = ws
+        self.contents = contents
+        self.cache_dir = cache_dir
+        self.read_only = read_only
+        self.lookups: dict[int, int] = {}
+        self.opened: dict[int, _Open] = {}
+        self._handles: dict[int, tuple[int, bool]] = {}
+        self._next_fh = 1
+
+    # ------------------------------------------------------------------ helpers
+
+    def _attr(self, node: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        st = self.opened.get(node.ino)
+        a.st_ino = node.ino
+        a.st_mode = node.mode
+        a.st_nlink = node.nlink
+        a.st_uid, a.st_gid = node.uid, node.gid
+        a.st_size = st.size if st and st.size is not None else node.size
+        a.st_atime_ns = node.atime_ns
+        a.st_mtime_ns = st.mtime_ns if st and st.mtime_ns is not None else node.mtime_ns
+        a.st_ctime_ns = node.ctime_ns
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (a.st_size + 511) // 512
+        a.attr_timeout = a.entry_timeout = _TIMEOUT
+        a.generation = 0
+        return a
+
+    def _entry(self, node: Inode) -> pyfuse3.EntryAttributes:
+        self.lookups[node.ino] = self.lookups.get(node.ino, 0) + 1
+        return self._attr(node)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FsError(errno.EROFS)
+
+    def _check_parent(self, parent: int) -> None:
+        if parent == ROOT:
+            raise FsError(errno.EPERM)  # only dataset directories live at the top
+
+    def _maybe_drop(self, ino: int) -> None:
+        if self.lookups.get(ino, 0) > 0 or ino in self.opened:
+            return
+        if self.ws.drop(ino):
+            self.contents.drop(ino)
+
+    # ------------------------------------------------------------------ metadata
+
+    @_errors
+    async def lookup(self, parent_inode, name, ctx=None):
+        if name == b".":
+            return self._entry(self.ws.get(parent_inode))
+        node = await trio.to_thread.run_sync(self.ws.lookup, parent_inode, name)
+        return self._entry(node)
+
+    @_errors
+    async def getattr(self, inode, ctx=None):
+        return self._attr(self.ws.get(inode))
+
+    @_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        self._writable()
+        node = self.ws.get(inode)
+        now = time.time_ns()
+        changes: dict = {"ctime_ns": now}
+        st = self.opened.get(inode)
+        if fields.update_size:
+            if not node.is_file:
+                raise FsError(errno.EINVAL)
+            fd = await trio.to_thread.run_sync(self.contents.stage, node)
+            os.ftruncate(fd, attr.st_size)
+            changes.update(size=attr.st_size, unflushed=True, mtime_ns=now)
+            if st:
+                st.size, st.mtime_ns, st.written = attr.st_size, now, True
+        if fields.update_mode:
+            changes["mode"] = (node.mode & ~0o7777) | (attr.st_mode & 0o7777)
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+            if st:
+                st.mtime_ns = attr.st_mtime_ns
+        node = self.ws.update(inode, **changes)
+        if fields.update_size and not st:
+            await trio.to_thread.run_sync(self.contents.flush, inode)
+            await trio.to_thread.run_sync(self.contents.unstage, inode)
+            node = self.ws.get(inode)
+        return self._attr(node)
+
+    @_errors
+    async def readlink(self, inode, ctx):
+        node = self.ws.get(inode)
+        if not stat.S_ISLNK(node.mode):
+            raise FsError(errno.EINVAL)
+        return os.fsencode(node.target)
+
+    @_errors
+    async def opendir(self, inode, ctx):
+        if not self.ws.get(inode).is_dir:
+            raise FsError(errno.ENOTDIR)
+        return inode
+
+    @_errors
+    async def readdir(self, fh, start_id, token):
+        entries = await trio.to_thread.run_sync(lambda: list(self.ws.entries(fh, start_id)))
+        for cookie, name, node in entries:
+            if not pyfuse3.readdir_reply(token, name, self._entry(node), cookie):
+                self.lookups[node.ino] -= 1  # not handed to the kernel after all
+                break
+
+    async def releasedir(self, fh):
+        pass
+
+    @_errors
+    async def statfs(self, ctx):
+        sv = os.statvfs(self.cache_dir)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize, s.f_frsize = sv.f_bsize, sv.f_frsize
+        s.f_blocks, s.f_bfree, s.f_bavail = sv.f_blocks, sv.f_bfree, sv.f_bavail
+        s.f_files, s.f_ffree, s.f_favail = sv.f_files, sv.f_ffree, sv.f_favail
+        s.f_namemax = 255
+        return s
+
+    def forget(self, inode_list):
+        for ino, n in inode_list:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+                continue
+            self.lookups.pop(ino, None)
+            try:
+                self._maybe_drop(ino)
+            except Exception:  # noqa: BLE001 - forget must not fail
+                log.exception("forget %d", ino)
+
+    # ------------------------------------------------------------------ namespace
+
+    @_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        self._writable()
+        if parent_inode == ROOT:
+            if not NAME_RE.match(os.fsdecode(name)):
+                raise FsError(errno.EINVAL)
+            node = self.ws.attach_dataset(os.fsdecode(name), None)
+            self.ws.mark_dirty(node.dataset)
+        else:
+            node = self.ws.create(parent_inode, name, stat.S_IFDIR | (mode & 0o7777))
+        node = self.ws.update(node.ino, uid=ctx.uid, gid=ctx.gid)
+        return self._entry(node)
+
+    @_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._writable()
+        self._check_parent(parent_inode)
+        if not stat.S_ISREG(mode) and not stat.S_ISFIFO(mode) and not stat.S_ISSOCK(mode):
+            raise FsError(errno.EPERM)  # device nodes have no place in a dataset
+        node = self.ws.create(parent_inode, name, mode)
+        return self._entry(self.ws.update(node.ino, uid=ctx.uid, gid=ctx.gid))
+
+    @_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        self._writable()
+        self._check_parent(parent_inode)
+        node = self.ws.create(parent_inode, name, stat.S_IFLNK | 0o777, target=os.fsdecode(target))
+        return self._entry(self.ws.update(node.ino, uid=ctx.uid, gid=ctx.gid))
+
+    @_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._writable()
+        self._check_parent(new_parent_inode)
+        return self._entry(self.ws.link(inode, new_parent_inode, new_name))
+
+    @_errors
+    async def unlink(self, parent_inode, name, ctx):
+        self._writable()
+        node = await trio.to_thread.run_sync(lambda: self.ws.remove(parent_inode, name, is_dir=False))
+        if node.nlink == 0:
+            self._maybe_drop(node.ino)
+
+    @_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        self._writable()
+        self._check_parent(parent_inode)
+        node = await trio.to_thread.run_sync(lambda: self.ws.remove(parent_inode, name, is_dir=True))
+        self._maybe_drop(node.ino)
+
+    @_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL)
+        if ROOT in (parent_inode_old, parent_inode_new):
+            raise FsError(errno.EPERM)
+        old_parent, new_parent = self.ws.get(parent_inode_old), self.ws.get(parent_inode_new)
+        if old_parent.dataset != new_parent.dataset:
+            raise FsError(errno.EXDEV)  # mv copies across datasets
+        victim = await trio.to_thread.run_sync(
+            lambda: self.ws.rename(parent_inode_old, name_old, parent_inode_new, name_new,
+                                   noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE)))
+        if victim is not None and victim.nlink == 0:
+            self._maybe_drop(victim.ino)
+
+    # ------------------------------------------------------------------ xattrs
+
+    @_errors
+    async def setxattr(self, inode, name, value, ctx):
+        self._writable()
+        self.ws.setxattr(inode, name, value)
+
+    @_errors
+    async def getxattr(self, inode, name, ctx):
+        value = self.ws.getxattr(inode, name)
+        if value is None:
+            raise FsError(pyfuse3.ENOATTR)
+        return value
+
+    @_errors
+    async def listxattr(self, inode, ctx):
+        return self.ws.listxattr(inode)
+
+    @_errors
+    async def removexattr(self, inode, name, ctx):
+        self._writable()
+        self.ws.removexattr(inode, name)
+
+    # ------------------------------------------------------------------ files
+
+    def _new_handle(self, ino: int, writable: bool) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = (ino, writable)
+        st = self.opened.setdefault(ino, _Open())
+        st.handles += 1
+        st.writers += writable
+        return fh
+
+    async def _prepare_write(self, node: Inode, truncate: bool) -> None:
+        st = self.opened.setdefault(node.ino, _Open())
+        await trio.to_thread.run_sync(self.contents.stage, node)
+        if st.size is None:
+            st.size = node.size
+        if truncate:
+            os.ftruncate(self.contents.fd(node.ino), 0)
+            st.size, st.mtime_ns, st.written = 0, time.time_ns(), True
+            self.ws.update(node.ino, unflushed=True)
+
+    @_errors
+    async def open(self, inode, flags, ctx):
+        node = self.ws.get(inode)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable:
+            self._writable()
+            await self._prepare_write(node, bool(flags & os.O_TRUNC))
+        fi = pyfuse3.FileInfo(fh=self._new_handle(inode, writable), keep_cache=not writable)
+        return fi
+
+    @_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        self._writable()
+        self._check_parent(parent_inode)
+        node = self.ws.create(parent_inode, name, stat.S_IFREG | (mode & 0o7777))
+        node = self.ws.update(node.ino, uid=ctx.uid, gid=ctx.gid)
+        await self._prepare_write(node, False)
+        fh = self._new_handle(node.ino, True)
+        return pyfuse3.FileInfo(fh=fh), self._entry(node)
+
+    @_errors
+    async def read(self, fh, off, size):
+        ino, _ = self._handles[fh]
+        node = self.ws.get(ino)
+        if node.staged:
+            try:
+                fd = self.contents.fd(ino)
+            except FsError:
+                fd = await trio.to_thread.run_sync(self.contents.stage, node)
+            return os.pread(fd, size, off)
+        return await trio.to_thread.run_sync(self.contents.read_chunks, node, off, size)
+
+    @_errors
+    async def write(self, fh, off, buf):
+        ino, writable = self._handles[fh]
+        if not writable:
+            raise FsError(errno.EBADF)
+        n = os.pwrite(self.contents.fd(ino), buf, off)
+        st = self.opened[ino]
+        if not st.written:
+            st.written = True
+            self.ws.update(ino, unflushed=True)  # persisted once: a crash leaves content to recover
+        st.size = max(st.size or 0, off + n)
+        st.mtime_ns = time.time_ns()
+        return n
+
+    async def _persist(self, ino: int, durable: bool) -> None:
+        st = self.opened.get(ino)
+        if st and st.written:
+            self.ws.update(ino, size=st.size, mtime_ns=st.mtime_ns, ctime_ns=st.mtime_ns)
+        await trio.to_thread.run_sync(self.contents.flush, ino, durable)
+        if st:
+            st.written = False  # the next write marks the staging file unflushed again
+
+    @_errors
+    async def flush(self, fh):
+        pass  # close() of one descriptor; the work happens on release of the last writer
+
+    @_errors
+    async def fsync(self, fh, datasync):
+        ino, _ = self._handles[fh]
+        await self._persist(ino, durable=True)
+
+    @_errors
+    async def fsyncdir(self, fh, datasync):
+        await trio.to_thread.run_sync(self.contents.journal.sync)
+
+    @_errors
+    async def release(self, fh):
+        ino, writable = self._handles.pop(fh)
+        st = self.opened[ino]
+        st.handles -= 1
+        st.writers -= writable
+        if writable and st.writers == 0:
+            await self._persist(ino, durable=False)
+            st.size = st.mtime_ns = None
+            st.written = False
+        if st.handles == 0:
+            del self.opened[ino]
+            await trio.to_thread.run_sync(self.contents.unstage, ino)
+            self._maybe_drop(ino)
+
+    async def flush_all(self, datasets: set[str] | None = None) -> None:
+        """Flush every file open for writing (for a commit): its content so far becomes chunks."""
+        for ino, st in list(self.opened.items()):
+            if st.writers and (datasets is None or self.ws.get(ino).dataset in datasets):
+                await self._persist(ino, durable=False)

@@ -1,0 +1,175 @@
+"""Lazy upload: the journal of chunks written locally but not yet in the store.
+
+A flushed chunk is written to ``pending/<id>`` and recorded in the LMDB
+``journal`` table; from then on it survives a crash. The uploader, a trio
+task, sends journaled chunks with bounded concurrency (boto3 and zstd in
+threads) and exponential backoff while the store is unreachable, then moves
+each chunk into the LRU cache. Dirty data is never evicted: when pending
+bytes reach the cache limit, writers wait for the uploader.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import trio
+
+from .errors import NerdError
+from .objects import encode
+from .repo import CHUNK, Repository, object_key
+
+log = logging.getLogger(__name__)
+
+
+class Journal:
+    """Chunks waiting for upload: files in ``pending/`` plus one LMDB table."""
+
+    def __init__(self, repo: Repository, root: Path, limit: int) -> None:
+        self.repo = repo
+        self.dir = root / "pending"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.env = repo.index.env
+        self._db = self.env.open_db(b"journal")
+        self.limit = limit
+        self._cond = threading.Condition()
+        with self.env.begin() as txn:
+            self._bytes = sum(int(v) for _, v in txn.cursor(db=self._db))
+        self.changed = threading.Event()
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        with self.env.begin() as txn:
+            return txn.stat(self._db)["entries"]
+
+    def ids(self, limit: int = 1000) -> list[str]:
+        with self.env.begin() as txn:
+            out = []
+            for k, _ in txn.cursor(db=self._db):
+                out.append(bytes(k).decode())
+                if len(out) >= limit:
+                    break
+            return out
+
+    def has(self, cid: str) -> bool:
+        with self.env.begin() as txn:
+            return txn.get(cid.encode(), db=self._db) is not None
+
+    def path(self, cid: str) -> Path:
+        return self.dir / cid
+
+    def add(self, cid: str, data: bytes | memoryview, durable: bool) -> bool:
+        """Journal a chunk unless the store or the journal has it; blocks while the cache is full of dirty data."""
+        if self.repo.knows(object_key(CHUNK, cid)) or self.has(cid):
+            return False
+        with self._cond:
+            while self._bytes + len(data) > self.limit and self._bytes > 0:
+                self._cond.wait(1.0)
+        tmp = self.dir / f".tmp-{cid}-{threading.get_ident()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                os.fdatasync(f.fileno())
+        os.rename(tmp, self.path(cid))
+        with self.env.begin(write=True) as txn:
+            added = txn.put(cid.encode(), str(len(data)).encode(), db=self._db, overwrite=False)
+        if added:
+            with self._cond:
+                self._bytes += len(data)
+        if durable:
+            self.env.sync(True)
+        self.changed.set()
+        return added
+
+    def read(self, cid: str) -> bytes | None:
+        try:
+            return self.path(cid).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def done(self, cid: str) -> None:
+        """The chunk is in the store: forget it here, keep its bytes in the cache."""
+        with self.env.begin(write=True) as txn:
+            raw = txn.pop(cid.encode(), db=self._db)
+        self.repo.cache.adopt(cid, self.path(cid))
+        if raw is not None:
+            with self._cond:
+                self._bytes -= int(raw)
+                self._cond.notify_all()
+
+    def sync(self) -> None:
+        self.env.sync(True)
+
+
+class Uploader:
+    """Sends journaled chunks to the store in the background."""
+
+    def __init__(self, journal: Journal, concurrency: int = 8) -> None:
+        self.journal = journal
+        self.repo = journal.repo
+        self.concurrency = concurrency
+        self.limiter = trio.CapacityLimiter(concurrency)
+        self.last_error: str | None = None
+        self.uploaded_bytes = 0
+        self._rate_window: list[tuple[float, int]] = []
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second over the last 10 s."""
+        now = time.monotonic()
+        self._rate_window = [(t, n) for t, n in self._rate_window if now - t < 10]
+        return sum(n for _, n in self._rate_window) / 10.0
+
+    def _send(self, cid: str) -> int:
+        data = self.journal.read(cid)
+        if data is None:  # already moved (a duplicate entry); nothing to send
+            self.journal.done(cid)
+            return 0
+        framed = encode(data, self.repo.config.compression_level)
+        self.repo.store.put(object_key(CHUNK, cid), framed)
+        self.repo._learn(object_key(CHUNK, cid))
+        self.journal.done(cid)
+        return len(framed)
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        delay = 0.5
+        while True:
+            ids = self.journal.ids(self.concurrency * 4)
+            if not ids:
+                self.journal.changed.clear()
+                # Wake on new work (set from writer threads) without busy waiting.
+                await trio.to_thread.run_sync(self.journal.changed.wait, 1.0, abandon_on_cancel=True)
+                continue
+            failures: list[BaseException] = []
+
+            async def one(cid: str) -> None:
+                try:
+                    sent = await trio.to_thread.run_sync(self._send, cid, limiter=self.limiter)
+                    self.uploaded_bytes += sent
+                    self._rate_window.append((time.monotonic(), sent))
+                except NerdError as e:
+                    failures.append(e)
+
+            async with trio.open_nursery() as nursery:
+                for cid in ids:
+                    nursery.start_soon(one, cid)
+            if failures:
+                self.last_error = str(failures[0])
+                log.warning("upload failed, retrying in %.1fs: %s", delay, self.last_error)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            else:
+                delay = 0.5
+                self.last_error = None
+
+    async def drained(self) -> None:
+        """Return once every chunk journaled before the call is in the store."""
+        while len(self.journal):
+            await trio.sleep(0.05)
