@@ -31,6 +31,7 @@ class Contents:
         self.dir = root / "staging"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fds: dict[int, int] = {}
+        self._refs: dict[int, int] = {}  # stage() calls not yet matched by unstage()
         self._lock = threading.Lock()
         self._inode_locks: dict[int, threading.Lock] = {}
         self._recent: OrderedDict[str, bytes] = OrderedDict()  # a few chunks in memory for 128 KiB reads
@@ -87,13 +88,15 @@ class Contents:
             raise FsError(5)
         return fd
 
-    def stage(self, node: Inode) -> int:
-        """Open (creating and filling if needed) the staging file of ``node``; its fd."""
-        with self.inode_lock(node.ino):
+    def stage(self, ino: int) -> int:
+        """Open (creating and filling if needed) the staging file of inode ``ino``; its fd."""
+        with self.inode_lock(ino):
             with self._lock:
-                if node.ino in self._fds:
-                    return self._fds[node.ino]
-            path = self.staging_path(node.ino)
+                if ino in self._fds:
+                    self._refs[ino] += 1
+                    return self._fds[ino]
+            node = self.ws.get(ino)  # read under the lock: an unstage may just have run
+            path = self.staging_path(ino)
             if node.staged and path.exists():
                 fd = os.open(path, os.O_RDWR)
             else:
@@ -112,13 +115,18 @@ class Contents:
                     raise
                 self.ws.update(node.ino, staged=True)
             with self._lock:
-                self._fds[node.ino] = fd
+                self._fds[ino] = fd
+                self._refs[ino] = 1
             return fd
 
     def unstage(self, ino: int) -> None:
-        """Close the staging file; delete it once its content is flushed into chunks."""
+        """Drop one user of the staging file; the last one closes it (and deletes it once flushed)."""
         with self.inode_lock(ino):
             with self._lock:
+                if self._refs.get(ino, 0) > 1:
+                    self._refs[ino] -= 1
+                    return
+                self._refs.pop(ino, None)
                 fd = self._fds.pop(ino, None)
             if fd is not None:
                 os.close(fd)
@@ -156,6 +164,7 @@ class Contents:
         """The inode is gone: its staging file too."""
         with self._lock:
             fd = self._fds.pop(ino, None)
+            self._refs.pop(ino, None)
             self._inode_locks.pop(ino, None)
         if fd is not None:
             os.close(fd)

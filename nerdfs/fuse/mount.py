@@ -143,6 +143,8 @@ class Mount:
     def status(self) -> dict:
         return {
             "mountpoint": str(self.options.mountpoint),
+            "pid": os.getpid(),
+            "read_only": self.options.read_only,
             "store": self.repo.url,
             "datasets": sorted(self.ws.dataset_dirs()),
             "dirty": sorted(self.ws.dirty()),
@@ -237,6 +239,7 @@ async def _main(m: Mount, socket: str) -> None:
 
 def run(options: MountOptions) -> None:
     """Mount, serve until unmounted, commit and upload, return."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     m = Mount(options)
     try:
         m.recover()

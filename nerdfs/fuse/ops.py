@@ -58,6 +58,11 @@ def _errors(fn):
                 raise pyfuse3.FUSEError(e.errno) from None
             log.exception("%s failed", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:  # a bug in one request must not take the whole mount down
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     wrapper.__name__ = fn.__name__
     return wrapper
@@ -74,7 +79,7 @@ class Operations(pyfuse3.Operations):
         self.read_only = read_only
         self.lookups: dict[int, int] = {}
         self.opened: dict[int, _Open] = {}
-        self._handles: dict[int, tuple[int, bool]] = {}
+        self._handles: dict[int, list] = {}  # fh -> [ino, writable, staged]
         self._next_fh = 1
 
     # ------------------------------------------------------------------ helpers
@@ -133,15 +138,24 @@ class Operations(pyfuse3.Operations):
         node = self.ws.get(inode)
         now = time.time_ns()
         changes: dict = {"ctime_ns": now}
-        st = self.opened.get(inode)
         if fields.update_size:
             if not node.is_file:
                 raise FsError(errno.EINVAL)
-            fd = await trio.to_thread.run_sync(self.contents.stage, node)
-            os.ftruncate(fd, attr.st_size)
-            changes.update(size=attr.st_size, unflushed=True, mtime_ns=now)
-            if st:
-                st.size, st.mtime_ns, st.written = attr.st_size, now, True
+            # Truncate through a handle of our own, so the staging file stays open
+            # for us and is flushed by the last release like any write.
+            fh = self._new_handle(inode, True)
+            try:
+                await self._prepare_write(fh, False)
+                os.ftruncate(self.contents.fd(inode), attr.st_size)
+                st = self.opened[inode]
+                st.size, st.mtime_ns = attr.st_size, now
+                if not st.written:
+                    st.written = True
+                    self.ws.update(inode, unflushed=True)
+            finally:
+                await self.release(fh)
+            changes["mtime_ns"] = now
+        st = self.opened.get(inode)
         if fields.update_mode:
             changes["mode"] = (node.mode & ~0o7777) | (attr.st_mode & 0o7777)
         if fields.update_uid:
@@ -154,12 +168,7 @@ class Operations(pyfuse3.Operations):
             changes["mtime_ns"] = attr.st_mtime_ns
             if st:
                 st.mtime_ns = attr.st_mtime_ns
-        node = self.ws.update(inode, **changes)
-        if fields.update_size and not st:
-            await trio.to_thread.run_sync(self.contents.flush, inode)
-            await trio.to_thread.run_sync(self.contents.unstage, inode)
-            node = self.ws.get(inode)
-        return self._attr(node)
+        return self._attr(self.ws.update(inode, **changes))
 
     @_errors
     async def readlink(self, inode, ctx):
@@ -302,31 +311,47 @@ class Operations(pyfuse3.Operations):
     def _new_handle(self, ino: int, writable: bool) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = (ino, writable)
+        self._handles[fh] = [ino, writable, False]
         st = self.opened.setdefault(ino, _Open())
         st.handles += 1
         st.writers += writable
         return fh
 
-    async def _prepare_write(self, node: Inode, truncate: bool) -> None:
-        st = self.opened.setdefault(node.ino, _Open())
-        await trio.to_thread.run_sync(self.contents.stage, node)
+    async def _stage(self, fh: int) -> int:
+        """The staging file for this handle (each handle holds at most one reference)."""
+        h = self._handles[fh]
+        if h[2]:
+            return self.contents.fd(h[0])
+        fd = await trio.to_thread.run_sync(self.contents.stage, h[0])
+        h[2] = True
+        return fd
+
+    async def _prepare_write(self, fh: int, truncate: bool) -> None:
+        """Stage the file for a handle that is already registered (so no release can unstage it meanwhile)."""
+        ino = self._handles[fh][0]
+        st = self.opened[ino]
+        fd = await self._stage(fh)
         if st.size is None:
-            st.size = node.size
+            st.size = self.ws.get(ino).size
         if truncate:
-            os.ftruncate(self.contents.fd(node.ino), 0)
+            os.ftruncate(fd, 0)
             st.size, st.mtime_ns, st.written = 0, time.time_ns(), True
-            self.ws.update(node.ino, unflushed=True)
+            self.ws.update(ino, unflushed=True)
 
     @_errors
     async def open(self, inode, flags, ctx):
-        node = self.ws.get(inode)
+        self.ws.get(inode)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
             self._writable()
-            await self._prepare_write(node, bool(flags & os.O_TRUNC))
-        fi = pyfuse3.FileInfo(fh=self._new_handle(inode, writable), keep_cache=not writable)
-        return fi
+        fh = self._new_handle(inode, writable)
+        if writable:
+            try:
+                await self._prepare_write(fh, bool(flags & os.O_TRUNC))
+            except BaseException:
+                await self.release(fh)
+                raise
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not writable)
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -334,29 +359,31 @@ class Operations(pyfuse3.Operations):
         self._check_parent(parent_inode)
         node = self.ws.create(parent_inode, name, stat.S_IFREG | (mode & 0o7777))
         node = self.ws.update(node.ino, uid=ctx.uid, gid=ctx.gid)
-        await self._prepare_write(node, False)
         fh = self._new_handle(node.ino, True)
+        try:
+            await self._prepare_write(fh, False)
+        except BaseException:
+            await self.release(fh)
+            raise
         return pyfuse3.FileInfo(fh=fh), self._entry(node)
 
     @_errors
     async def read(self, fh, off, size):
-        ino, _ = self._handles[fh]
+        ino = self._handles[fh][0]
         node = self.ws.get(ino)
         if node.staged:
-            try:
-                fd = self.contents.fd(ino)
-            except FsError:
-                fd = await trio.to_thread.run_sync(self.contents.stage, node)
-            return os.pread(fd, size, off)
+            return os.pread(await self._stage(fh), size, off)
         return await trio.to_thread.run_sync(self.contents.read_chunks, node, off, size)
 
     @_errors
     async def write(self, fh, off, buf):
-        ino, writable = self._handles[fh]
+        ino, writable, _ = self._handles[fh]
         if not writable:
             raise FsError(errno.EBADF)
         n = os.pwrite(self.contents.fd(ino), buf, off)
         st = self.opened[ino]
+        if st.size is None:
+            st.size = self.ws.get(ino).size
         if not st.written:
             st.written = True
             self.ws.update(ino, unflushed=True)  # persisted once: a crash leaves content to recover
@@ -378,8 +405,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def fsync(self, fh, datasync):
-        ino, _ = self._handles[fh]
-        await self._persist(ino, durable=True)
+        await self._persist(self._handles[fh][0], durable=True)
 
     @_errors
     async def fsyncdir(self, fh, datasync):
@@ -387,17 +413,20 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def release(self, fh):
-        ino, writable = self._handles.pop(fh)
+        ino, writable, staged = self._handles.pop(fh)
         st = self.opened[ino]
         st.handles -= 1
         st.writers -= writable
         if writable and st.writers == 0:
             await self._persist(ino, durable=False)
-            st.size = st.mtime_ns = None
-            st.written = False
-        if st.handles == 0:
-            del self.opened[ino]
+            if st.writers == 0:  # no new writer came while we flushed
+                st.size = st.mtime_ns = None
+        if staged:
             await trio.to_thread.run_sync(self.contents.unstage, ino)
+        # Only the release that still finds this state removes it (another
+        # release or open of the same file may have run while we awaited).
+        if st.handles == 0 and self.opened.get(ino) is st:
+            del self.opened[ino]
             self._maybe_drop(ino)
 
     async def flush_all(self, datasets: set[str] | None = None) -> None:
