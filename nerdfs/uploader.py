@@ -164,7 +164,7 @@ class Uploader:
                 self.last_error = str(failures[0])
                 log.warning("upload failed, retrying in %.1fs: %s", delay, self.last_error)
                 await trio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 10.0)
             else:
                 delay = 0.5
                 self.last_error = None

@@ -284,3 +284,45 @@ def test_kill_9_keeps_fsynced_files_and_resumes(mounts, tmp_path):
     for name, data in payload.items():
         assert (out / name).read_bytes() == data
     shutil.rmtree(out)
+
+
+def test_store_outage_writes_continue_and_sync_catches_up(tmp_path):
+    from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
+
+    server = SeaweedFS(tmp_path / "seaweed").start()
+    m = Mounted(tmp_path, "s3://outage/nerd")
+    try:
+        server.make_bucket("outage")
+        m.home.mkdir(parents=True)
+        (m.home / "config.json").write_text(json.dumps({"datasets": {"s3": {
+            "endpoint_url": server.endpoint, "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}}}))
+        m.mount()
+        ds = m.mnt / "ds"
+        ds.mkdir()
+        before = os.urandom(2 << 20)
+        (ds / "before").write_bytes(before)
+        m.sync()
+        server.stop()
+        during = os.urandom(3 << 20)
+        with open(ds / "during", "wb") as fh:  # writes succeed while the store is down
+            fh.write(during)
+            os.fsync(fh.fileno())
+        deadline = time.monotonic() + 30
+        while True:
+            status = json.loads(nerdfs("status", str(m.mnt), "-o", "json", home=m.home).stdout)
+            if status["last_error"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status["pending_chunks"] > 0 and status["last_error"], status
+        assert (ds / "during").read_bytes() == during  # served from the local journal
+        server.start()
+        snaps = m.sync()["snapshots"]
+        assert "ds" in snaps
+        m.umount()
+        out = tmp_path / "out"
+        env = {**os.environ, "NERD_HOME": str(m.home), "NERD_STORE": m.store}
+        subprocess.run([sys.executable, "-m", "nerdcli", "dataset", "download", "ds", str(out)], check=True, env=env)
+        assert (out / "before").read_bytes() == before and (out / "during").read_bytes() == during
+    finally:
+        m.cleanup()
+        server.stop()
