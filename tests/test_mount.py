@@ -326,3 +326,29 @@ def test_store_outage_writes_continue_and_sync_catches_up(tmp_path):
     finally:
         m.cleanup()
         server.stop()
+
+
+def test_snapshots_view_is_read_only_history(mounts):
+    m = mounts()
+    ds = m.mnt / "hist"
+    ds.mkdir()
+    (ds / "sub").mkdir()
+    (ds / "sub" / "v.txt").write_text("version 1")
+    (ds / "link").symlink_to("sub/v.txt")
+    first = m.sync()["snapshots"]["hist"]
+    (ds / "sub" / "v.txt").write_text("version 2")
+    second = m.sync()["snapshots"]["hist"]
+    assert first != second
+    snaps = m.mnt / ".snapshots"
+    assert ".snapshots" not in os.listdir(m.mnt)  # hidden from ls, du and rsync of the mount
+    assert "hist" in os.listdir(snaps)
+    assert set(os.listdir(snaps / "hist")) == {first, second}
+    assert (snaps / "hist" / first / "sub" / "v.txt").read_text() == "version 1"
+    assert (snaps / "hist" / second / "sub" / "v.txt").read_text() == "version 2"
+    assert os.readlink(snaps / "hist" / first / "link") == "sub/v.txt"
+    with pytest.raises(OSError) as e:
+        (snaps / "hist" / first / "new.txt").write_text("no")
+    assert e.value.errno == 30  # EROFS
+    with pytest.raises(OSError):
+        (snaps / "hist" / first / "sub" / "v.txt").unlink()
+    assert (ds / "sub" / "v.txt").read_text() == "version 2"

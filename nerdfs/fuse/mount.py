@@ -25,6 +25,7 @@ from ..repo import Repository
 from ..uploader import Journal, Uploader
 from ..workspace import FsError, Workspace
 from .ops import Operations
+from .snapshots import SnapshotView
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class Mount:
         self.journal = Journal(self.repo, self.cache_dir, options.cache_size)
         self.contents = Contents(self.repo, self.ws, self.journal, self.cache_dir)
         self.uploader = Uploader(self.journal, concurrency=options.threads)
-        self.ops = Operations(self.ws, self.contents, str(self.cache_dir), read_only=options.read_only)
+        self.ops = Operations(self.ws, self.contents, str(self.cache_dir), read_only=options.read_only,
+                              snapshots=SnapshotView(self.repo, self.ws.uid, self.ws.gid))
         self.commit_lock = trio.Lock()
         self.last_commit: dict[str, str] = {}
         self.last_error: str | None = None

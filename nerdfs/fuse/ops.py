@@ -23,6 +23,8 @@ from ..contents import Contents
 from ..datasets import NAME_RE
 from ..errors import IntegrityError, NerdError
 from ..workspace import ROOT, FsError, Inode, Workspace
+from .snapshots import NAME as SNAPSHOTS
+from .snapshots import SnapshotView
 
 log = logging.getLogger(__name__)
 _TIMEOUT = 1.0  # attribute/entry cache: >0 keeps `ls -l` of 10k files fast
@@ -71,9 +73,11 @@ def _errors(fn):
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self, ws: Workspace, contents: Contents, cache_dir: str, read_only: bool = False) -> None:
+    def __init__(self, ws: Workspace, contents: Contents, cache_dir: str, read_only: bool = False,
+                 snapshots: SnapshotView | None = None) -> None:
         super().__init__()
         self.ws = ws
+        self.view = snapshots
         self.contents = contents
         self.cache_dir = cache_dir
         self.read_only = read_only
@@ -105,16 +109,24 @@ class Operations(pyfuse3.Operations):
         self.lookups[node.ino] = self.lookups.get(node.ino, 0) + 1
         return self._attr(node)
 
-    def _writable(self) -> None:
-        if self.read_only:
+    def _writable(self, *inodes: int) -> None:
+        if self.read_only or any(SnapshotView.owns(i) for i in inodes):
             raise FsError(errno.EROFS)
+
+    def _node(self, ino: int):
+        """A workspace inode, or a read-only one of the snapshot view."""
+        if SnapshotView.owns(ino):
+            if self.view is None:
+                raise FsError(errno.ENOENT)
+            return self.view.get(ino)
+        return self.ws.get(ino)
 
     def _check_parent(self, parent: int) -> None:
         if parent == ROOT:
             raise FsError(errno.EPERM)  # only dataset directories live at the top
 
     def _maybe_drop(self, ino: int) -> None:
-        if self.lookups.get(ino, 0) > 0 or ino in self.opened:
+        if SnapshotView.owns(ino) or self.lookups.get(ino, 0) > 0 or ino in self.opened:
             return
         if self.ws.drop(ino):
             self.contents.drop(ino)
@@ -124,17 +136,21 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def lookup(self, parent_inode, name, ctx=None):
         if name == b".":
-            return self._entry(self.ws.get(parent_inode))
+            return self._entry(self._node(parent_inode))
+        if parent_inode == ROOT and name == SNAPSHOTS and self.view is not None:
+            return self._entry(self.view.root)
+        if SnapshotView.owns(parent_inode):
+            return self._entry(await trio.to_thread.run_sync(self.view.lookup, parent_inode, name))
         node = await trio.to_thread.run_sync(self.ws.lookup, parent_inode, name)
         return self._entry(node)
 
     @_errors
     async def getattr(self, inode, ctx=None):
-        return self._attr(self.ws.get(inode))
+        return self._attr(self._node(inode))
 
     @_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
-        self._writable()
+        self._writable(inode)
         node = self.ws.get(inode)
         now = time.time_ns()
         changes: dict = {"ctime_ns": now}
@@ -172,20 +188,26 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def readlink(self, inode, ctx):
-        node = self.ws.get(inode)
+        node = self._node(inode)
         if not stat.S_ISLNK(node.mode):
             raise FsError(errno.EINVAL)
         return os.fsencode(node.target)
 
     @_errors
     async def opendir(self, inode, ctx):
-        if not self.ws.get(inode).is_dir:
+        if not self._node(inode).is_dir:
             raise FsError(errno.ENOTDIR)
         return inode
 
     @_errors
     async def readdir(self, fh, start_id, token):
-        entries = await trio.to_thread.run_sync(lambda: list(self.ws.entries(fh, start_id)))
+        if SnapshotView.owns(fh):
+            def listing():
+                names = sorted(self.view.children(fh).items())
+                return [(i + 1, name, self.view.nodes[ino]) for i, (name, ino) in enumerate(names)][start_id:]
+            entries = await trio.to_thread.run_sync(listing)
+        else:
+            entries = await trio.to_thread.run_sync(lambda: list(self.ws.entries(fh, start_id)))
         for cookie, name, node in entries:
             if not pyfuse3.readdir_reply(token, name, self._entry(node), cookie):
                 self.lookups[node.ino] -= 1  # not handed to the kernel after all
@@ -220,7 +242,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
-        self._writable()
+        self._writable(parent_inode)
         if parent_inode == ROOT:
             if not NAME_RE.match(os.fsdecode(name)):
                 raise FsError(errno.EINVAL)
@@ -233,7 +255,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        self._writable()
+        self._writable(parent_inode)
         self._check_parent(parent_inode)
         if not stat.S_ISREG(mode) and not stat.S_ISFIFO(mode) and not stat.S_ISSOCK(mode):
             raise FsError(errno.EPERM)  # device nodes have no place in a dataset
@@ -242,34 +264,34 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def symlink(self, parent_inode, name, target, ctx):
-        self._writable()
+        self._writable(parent_inode)
         self._check_parent(parent_inode)
         node = self.ws.create(parent_inode, name, stat.S_IFLNK | 0o777, target=os.fsdecode(target))
         return self._entry(self.ws.update(node.ino, uid=ctx.uid, gid=ctx.gid))
 
     @_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        self._writable()
+        self._writable(inode, new_parent_inode)
         self._check_parent(new_parent_inode)
         return self._entry(self.ws.link(inode, new_parent_inode, new_name))
 
     @_errors
     async def unlink(self, parent_inode, name, ctx):
-        self._writable()
+        self._writable(parent_inode)
         node = await trio.to_thread.run_sync(lambda: self.ws.remove(parent_inode, name, is_dir=False))
         if node.nlink == 0:
             self._maybe_drop(node.ino)
 
     @_errors
     async def rmdir(self, parent_inode, name, ctx):
-        self._writable()
+        self._writable(parent_inode)
         self._check_parent(parent_inode)
         node = await trio.to_thread.run_sync(lambda: self.ws.remove(parent_inode, name, is_dir=True))
         self._maybe_drop(node.ino)
 
     @_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        self._writable()
+        self._writable(parent_inode_old, parent_inode_new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise FsError(errno.EINVAL)
         if ROOT in (parent_inode_old, parent_inode_new):
@@ -287,23 +309,23 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def setxattr(self, inode, name, value, ctx):
-        self._writable()
+        self._writable(inode)
         self.ws.setxattr(inode, name, value)
 
     @_errors
     async def getxattr(self, inode, name, ctx):
-        value = self.ws.getxattr(inode, name)
+        value = None if SnapshotView.owns(inode) else self.ws.getxattr(inode, name)
         if value is None:
             raise FsError(pyfuse3.ENOATTR)
         return value
 
     @_errors
     async def listxattr(self, inode, ctx):
-        return self.ws.listxattr(inode)
+        return [] if SnapshotView.owns(inode) else self.ws.listxattr(inode)
 
     @_errors
     async def removexattr(self, inode, name, ctx):
-        self._writable()
+        self._writable(inode)
         self.ws.removexattr(inode, name)
 
     # ------------------------------------------------------------------ files
@@ -340,10 +362,10 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode, flags, ctx):
-        self.ws.get(inode)
+        self._node(inode)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
-            self._writable()
+            self._writable(inode)
         fh = self._new_handle(inode, writable)
         if writable:
             try:
@@ -355,7 +377,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        self._writable()
+        self._writable(parent_inode)
         self._check_parent(parent_inode)
         node = self.ws.create(parent_inode, name, stat.S_IFREG | (mode & 0o7777))
         node = self.ws.update(node.ino, uid=ctx.uid, gid=ctx.gid)
@@ -370,7 +392,7 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def read(self, fh, off, size):
         ino = self._handles[fh][0]
-        node = self.ws.get(ino)
+        node = self._node(ino)
         if node.staged:
             return os.pread(await self._stage(fh), size, off)
         return await trio.to_thread.run_sync(self.contents.read_chunks, node, off, size)
