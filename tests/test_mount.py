@@ -174,7 +174,7 @@ def test_random_operations_match_a_reference(mounts, tmp_path):
     ref = tmp_path / "ref"
     ref.mkdir()
     names = [f"f{i}" for i in range(6)]
-    for step in range(400):
+    for step in range(1500):
         op = rng.choice(["write", "write", "truncate", "append", "rename", "link", "unlink", "read"])
         a, b = rng.choice(names), rng.choice(names)
         for root in (ref, real):
