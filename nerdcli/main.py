@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from nerdfs import NerdError, __version__
+from nerdfs import __version__, console
 from nerdfs.errors import EXIT_CODES
 
 from .app import App
@@ -55,45 +55,4 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line per error, a documented exit code, tracebacks only with --debug."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or bool(os.environ.get("NERD_DEBUG"))
-    json_out = _wants_json(args)
-    try:
-        code = cli.main(args=args, prog_name="nerd", standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.UsageError as e:
-        where = f" — see '{e.ctx.command_path} --help'" if e.ctx else ""
-        _fail(f"{e.format_message()}{where}", e.exit_code, "UsageError", json_out)
-    except click.ClickException as e:
-        _fail(e.format_message(), e.exit_code, "UsageError", json_out)
-    except click.Abort:
-        click.echo("nerd: aborted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("nerd: interrupted", err=True)
-        sys.exit(130)
-    except NerdError as e:
-        if debug:
-            raise
-        _fail(str(e), e.exit_code, type(e).__name__, json_out)
-    except Exception as e:  # noqa: BLE001 - the last line of defence
-        if debug:
-            raise
-        _fail(f"internal error: {type(e).__name__}: {e} (run with --debug for details)", 1, "InternalError",
-              json_out)
-
-
-def _wants_json(args: list[str]) -> bool:
-    for i, a in enumerate(args):
-        if a in ("--output=json", "-ojson") or (a in ("--output", "-o") and args[i + 1:i + 2] == ["json"]):
-            return True
-    return False
-
-
-def _fail(message: str, code: int, kind: str, json_out: bool) -> None:
-    click.echo(f"nerd: error: {message}", err=True)
-    if json_out:
-        import json
-
-        click.echo(json.dumps({"error": {"type": kind, "message": message, "exit_code": code}}))
-    sys.exit(code)
+    console.run(cli, "nerd", args, debug=debug, debug_hint="run with --debug for details")

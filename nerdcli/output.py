@@ -13,14 +13,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TextColum
                            TransferSpeedColumn)
 
 from nerdfs import Progress, ProgressCallback
-
-
-def human_bytes(n: int | float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+from nerdfs.console import human_bytes  # noqa: F401 - part of this module's surface
 
 
 class Output:

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from . import __version__
+from . import __version__, console
+from .console import human_bytes
 from .checker import Checker
 from .errors import EXIT_CODES, ConfigError, IntegrityError, NerdError, NotFound, UsageError
 from .repo import Repository
@@ -471,14 +472,6 @@ def _emit(output: str, doc: Any, text: str | None) -> None:
         click.echo(text)
 
 
-def human_bytes(n: int | float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -599,41 +592,5 @@ def _dataset_rows(datasets: Any) -> Iterator[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line per error, a documented exit code, tracebacks only with NERD_DEBUG=1."""
     args = sys.argv[1:] if argv is None else list(argv)
-    debug = bool(os.environ.get("NERD_DEBUG"))
-    json_out = _wants_json(args)
-    try:
-        code = cli.main(args=args, prog_name="nerdfs", standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.UsageError as e:
-        where = f" — see '{e.ctx.command_path} --help'" if e.ctx else ""
-        _fail(f"{e.format_message()}{where}", e.exit_code, "UsageError", json_out)
-    except click.ClickException as e:
-        _fail(e.format_message(), e.exit_code, "UsageError", json_out)
-    except (KeyboardInterrupt, click.Abort):
-        click.echo("nerdfs: interrupted", err=True)
-        sys.exit(130)
-    except NerdError as e:
-        if debug:
-            raise
-        _fail(str(e), e.exit_code, type(e).__name__, json_out)
-    except Exception as e:  # noqa: BLE001 - the last line of defence
-        if debug:
-            raise
-        _fail(f"internal error: {type(e).__name__}: {e} (set NERD_DEBUG=1 for a traceback)", 1, "InternalError",
-              json_out)
-
-
-def _wants_json(args: list[str]) -> bool:
-    for i, a in enumerate(args):
-        if a in ("--output=json", "-ojson") or (a in ("--output", "-o") and args[i + 1:i + 2] == ["json"]):
-            return True
-    return False
-
-
-def _fail(message: str, code: int, kind: str, json_out: bool) -> None:
-    click.echo(f"nerdfs: error: {message}", err=True)
-    if json_out:
-        click.echo(json.dumps({"error": {"type": kind, "message": message, "exit_code": code}}))
-    sys.exit(code)
+    console.run(cli, "nerdfs", args, debug=bool(os.environ.get("NERD_DEBUG")),
+                debug_hint="set NERD_DEBUG=1 for a traceback")
