@@ -72,15 +72,15 @@ class Datasets:
         return sorted(k[len("refs/"):] for k in self.store.list("refs/") if NAME_RE.match(k[len("refs/"):]))
 
     def commit(self, name: str, tree: str, *, parent: str | None, message: str = "", files: int = 0,
-               size: int = 0, max_attempts: int = 20) -> tuple[str, Snapshot]:
+               size: int = 0, root: tuple[int, int] = (0o755, 0), max_attempts: int = 20) -> tuple[str, Snapshot]:
         """Make ``tree`` the new head of ``name``; ``parent`` is the head the tree was built on.
 
         Returns the id and the snapshot that became the head (a merge, if the
-        ref moved meanwhile).
+        ref moved meanwhile). ``root`` is the dataset directory's (mode, mtime_ns).
         """
         check_dataset_name(name)
         base_tree = self.repo.get_snapshot(parent).tree if parent else None
-        snap = self._snapshot(name, tree, parent, message, files, size)
+        snap = self._snapshot(name, tree, parent, message, files, size, root)
         sid = self.repo.put_snapshot(snap)
         for _ in range(max_attempts):
             head = self.head(name)
@@ -96,7 +96,7 @@ class Datasets:
                         base_tree, tree, theirs, self.repo.get_tree, lambda t: self.repo.put_tree(t)[0])
                 except MergeConflict as c:
                     raise CommitConflict(name, sid, current or "(deleted)", c.path) from None
-                snap = self._snapshot(name, merged, current, message, files, size)
+                snap = self._snapshot(name, merged, current, message, files, size, root)
                 sid = self.repo.put_snapshot(snap)
                 # Our change now sits on top of theirs: if the ref moves again,
                 # the next merge is merged-vs-theirs, not the original tree.
@@ -109,10 +109,11 @@ class Datasets:
                 continue
         raise Conflict(f"dataset {name}: too many concurrent commits; your version is saved as snapshot {sid}")
 
-    def _snapshot(self, name: str, tree: str, parent: str | None, message: str, files: int, size: int) -> Snapshot:
+    def _snapshot(self, name: str, tree: str, parent: str | None, message: str, files: int, size: int,
+                  root: tuple[int, int]) -> Snapshot:
         now = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
         return Snapshot(dataset=name, tree=tree, parent=parent, time=now, host=socket.gethostname(),
-                        message=message, files=files, bytes=size)
+                        message=message, files=files, bytes=size, root_mode=root[0], root_mtime_ns=root[1])
 
     def log(self, name: str, limit: int | None = None) -> Iterator[tuple[str, Snapshot]]:
         """Snapshots from the head back through their parents."""

@@ -9,6 +9,8 @@ bytes and therefore the same id, which is what shares unchanged subtrees.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import stat
 import threading
@@ -122,9 +124,16 @@ class Entry:
     chunks: list[tuple[str, int]] = field(default_factory=list)  # file: (id, length)
     tree: str | None = None  # dir: subtree id
     target: str | None = None  # symlink
+    xattrs: dict[str, bytes] = field(default_factory=dict)  # extended attributes (from the mount)
+    link: int = 0  # files with several names in one snapshot share a nonzero link id ...
+    nlink: int = 1  # ... and carry their total number of names
 
     def to_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"name": self.name, "kind": self.kind, "mode": self.mode, "mtime_ns": self.mtime_ns}
+        if self.xattrs:
+            doc["xattrs"] = {k: base64.b64encode(v).decode() for k, v in sorted(self.xattrs.items())}
+        if self.link:
+            doc["link"], doc["nlink"] = self.link, self.nlink
         if self.kind == FILE:
             doc["size"] = self.size
             doc["chunks"] = [[cid, n] for cid, n in self.chunks]
@@ -140,7 +149,9 @@ class Entry:
             kind = d["kind"]
             if kind not in _KINDS:
                 raise IntegrityError(f"tree {tid}: unknown entry kind {kind!r}")
-            e = cls(name=d["name"], kind=kind, mode=int(d["mode"]) & 0o7777, mtime_ns=int(d["mtime_ns"]))
+            e = cls(name=d["name"], kind=kind, mode=int(d["mode"]) & 0o7777, mtime_ns=int(d["mtime_ns"]),
+                    xattrs={str(k): base64.b64decode(v) for k, v in d.get("xattrs", {}).items()},
+                    link=int(d.get("link", 0)), nlink=int(d.get("nlink", 1)))
             if kind == FILE:
                 e.size = int(d["size"])
                 e.chunks = [(str(c), int(n)) for c, n in d["chunks"]]
@@ -150,7 +161,7 @@ class Entry:
                 e.tree = str(d["tree"])
             else:
                 e.target = str(d["target"])
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, binascii.Error) as err:
             raise IntegrityError(f"tree {tid}: malformed entry ({err!r})") from None
         check_name(e.name)
         return e
@@ -207,6 +218,8 @@ class Snapshot:
     message: str = ""
     files: int = 0
     bytes: int = 0
+    root_mode: int = 0o755  # the dataset directory's own mode and mtime
+    root_mtime_ns: int = 0
 
     def encode(self) -> tuple[str, bytes]:
         plain = canonical({"v": 1, **self.__dict__})

@@ -55,6 +55,7 @@ class Inode:
     tree: str | None = None  # unexpanded directory: its snapshot tree
     target: str = ""  # symlink
     cookie: int = 0  # next directory cookie (directories)
+    link: int = 0  # hard-link id in snapshots (files with several names)
 
     @property
     def is_dir(self) -> bool:
@@ -185,18 +186,29 @@ class Workspace:
             for e in tree.entries:
                 child = self._from_entry(txn, e, node.dataset)
                 self._link(txn, node, os.fsencode(e.name), child.ino)
+                for k, v in e.xattrs.items():
+                    txn.put(_U64.pack(child.ino) + b"\0" + os.fsencode(k), v, db=self._xattrs)
                 if child.is_dir:
                     node.nlink += 1
             node.tree = None
             self.put(node, txn)
 
     def _from_entry(self, txn, e: Entry, dataset: str) -> Inode:
+        if e.link:  # another name of a file already expanded: the same inode
+            known = txn.get(self._link_key(dataset, e.link), db=self._meta)
+            if known is not None:
+                raw = txn.get(known, db=self._inodes)
+                if raw is not None:
+                    return Inode.from_bytes(_U64.unpack(known)[0], raw)
         kind = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}[e.kind]
         node = Inode(self._new_ino(txn), kind | (e.mode & 0o7777), self.uid, self.gid, atime_ns=e.mtime_ns,
                      mtime_ns=e.mtime_ns, ctime_ns=e.mtime_ns, dataset=dataset,
                      nlink=2 if e.kind == DIR else 1)
         if e.kind == FILE:
             node.size, node.chunks = e.size, list(e.chunks)
+            if e.link:
+                node.link, node.nlink = e.link, e.nlink
+                txn.put(self._link_key(dataset, e.link), _U64.pack(node.ino), db=self._meta)
         elif e.kind == DIR:
             node.tree = e.tree
         else:
@@ -205,6 +217,10 @@ class Workspace:
         return node
 
     load_tree = None  # set by the owner: tree id -> Tree (cached, verified)
+
+    @staticmethod
+    def _link_key(dataset: str, link: int) -> bytes:
+        return b"link/" + dataset.encode() + b"/" + _U64.pack(link)
 
     def create(self, parent: int, name: bytes, mode: int, *, target: str = "", dataset: str | None = None) -> Inode:
         """A new file, directory or symlink named ``name`` in ``parent``."""
@@ -445,20 +461,38 @@ class Workspace:
     def dataset_dirs(self) -> dict[str, Inode]:
         return {name.decode(errors="surrogateescape"): node for _, name, node in self.entries(ROOT)}
 
-    def attach_dataset(self, name: str, tree: str | None) -> Inode:
+    def attach_dataset(self, name: str, tree: str | None, mode: int = 0o755, mtime_ns: int = 0) -> Inode:
         """A dataset directory at the root, unexpanded on ``tree`` (or empty)."""
         if not NAME_RE.match(name):
             raise FsError(errno.EINVAL)
-        node = self.create(ROOT, name.encode(), stat.S_IFDIR | 0o755, dataset=name)
+        node = self.create(ROOT, name.encode(), stat.S_IFDIR | (mode & 0o7777), dataset=name)
         if tree is not None:
-            node = self.update(node.ino, tree=tree)
+            with self.env.begin(write=True) as txn:
+                node = self.get(node.ino, txn)
+                node.tree = tree
+                if mtime_ns:
+                    node.mtime_ns = node.ctime_ns = node.atime_ns = mtime_ns
+                self.put(node, txn)
         return node
 
-    def replace_dataset_tree(self, name: str, tree: str) -> None:
+    def replace_dataset_tree(self, name: str, tree: str, mode: int | None = None, mtime_ns: int = 0) -> None:
         """Point a clean dataset directory at a new tree (another client committed)."""
         node = self.lookup(ROOT, name.encode())
         self._drop_subtree(node.ino)
-        self.update(node.ino, tree=tree, nlink=2, cookie=0)
+        changes: dict = {"tree": tree, "nlink": 2, "cookie": 0}
+        if mode is not None:
+            changes["mode"] = stat.S_IFDIR | (mode & 0o7777)
+        if mtime_ns:
+            changes["mtime_ns"] = mtime_ns
+        with self.env.begin(write=True) as txn:
+            cur = txn.cursor(db=self._meta)
+            prefix = b"link/" + name.encode() + b"/"
+            while cur.set_range(prefix) and cur.key().startswith(prefix):
+                cur.delete()
+            n = self.get(node.ino, txn)
+            for k, v in changes.items():
+                setattr(n, k, v)
+            self.put(n, txn)
 
     def _drop_subtree(self, ino: int) -> None:
         with self.env.begin(write=True) as txn:
@@ -490,6 +524,19 @@ class Workspace:
 
     # ------------------------------------------------------------------ commit
 
+    def _link_id(self, node: Inode) -> int:
+        """A random, persistent hard-link id for ``node`` (ids from other mounts never collide)."""
+        if not node.link:
+            link = int.from_bytes(os.urandom(8), "big") >> 1 or 1
+            with self.env.begin(write=True) as txn:
+                fresh = self.get(node.ino, txn)
+                if not fresh.link:
+                    fresh.link = link
+                    self.put(fresh, txn)
+                    txn.put(self._link_key(fresh.dataset, link), _U64.pack(fresh.ino), db=self._meta)
+                node.link = fresh.link
+        return node.link
+
     def tree_of(self, ino: int, put_tree) -> tuple[str, int, int]:
         """Store the trees under directory ``ino`` bottom-up; (tree id, files, bytes).
 
@@ -511,9 +558,12 @@ class Workspace:
                     raise FsError(errno.EAGAIN)  # the caller flushes first
                 e.kind, e.size, e.chunks = FILE, child.size, list(child.chunks)
                 files, size = files + 1, size + child.size
+                if child.nlink > 1:
+                    e.link, e.nlink = self._link_id(child), child.nlink
             elif stat.S_ISLNK(child.mode):
                 e.kind, e.target = SYMLINK, child.target
             else:
                 continue  # sockets, fifos, devices live only in the mount
+            e.xattrs = {os.fsdecode(k): self.getxattr(child.ino, k) or b"" for k in self.listxattr(child.ino)}
             entries.append(e)
         return put_tree(Tree(entries)), files, size

@@ -208,3 +208,14 @@ def test_mode_kind():
     assert mode_kind(stat.S_IFLNK | 0o777) == SYMLINK
     for special in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
         assert mode_kind(special | 0o644) is None
+
+
+def test_entry_xattrs_and_hard_links_round_trip():
+    from nerdfs.objects import FILE, Entry, Tree
+
+    e = Entry("f", FILE, 0o644, 1, 3, [("ab" * 32, 3)], xattrs={"user.k": b"\x00\xffv"}, link=42, nlink=2)
+    tid, plain = Tree([e]).encode()
+    back = Tree.decode(tid, plain).entries[0]
+    assert (back.xattrs, back.link, back.nlink) == ({"user.k": b"\x00\xffv"}, 42, 2)
+    # Entries without them encode exactly as before (ids of old trees stay valid).
+    assert b"xattrs" not in Tree([Entry("g", FILE, 0o644, 1, 0, [])]).encode()[1]

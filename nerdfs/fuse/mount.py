@@ -77,11 +77,12 @@ class Mount:
             if head is None:
                 continue
             if name not in local:
-                tree = self.repo.get_snapshot(head.snapshot).tree
-                self.ws.attach_dataset(name, tree)
+                snap = self.repo.get_snapshot(head.snapshot)
+                self.ws.attach_dataset(name, snap.tree, snap.root_mode, snap.root_mtime_ns)
                 self.ws.set_base(name, head.snapshot, clean=True)
             elif name not in dirty and self.ws.base(name) != head.snapshot:
-                self.ws.replace_dataset_tree(name, self.repo.get_snapshot(head.snapshot).tree)
+                snap = self.repo.get_snapshot(head.snapshot)
+                self.ws.replace_dataset_tree(name, snap.tree, snap.root_mode, snap.root_mtime_ns)
                 self.ws.set_base(name, head.snapshot, clean=True)
 
     # ------------------------------------------------------------------ commit
@@ -117,10 +118,15 @@ class Mount:
 
     def _commit_one(self, name: str, ino: int) -> str:
         tree, files, size = self.ws.tree_of(ino, lambda t: self.repo.put_tree(t)[0])
+        node = self.ws.get(ino)
+        root = (node.mode & 0o7777, node.mtime_ns)
         base = self.ws.base(name)
-        if base and self.repo.get_snapshot(base).tree == tree:
-            return base
-        sid, snap = self.datasets.commit(name, tree, parent=base, message="nerdfs commit", files=files, size=size)
+        if base:
+            old = self.repo.get_snapshot(base)
+            if (old.tree, old.root_mode, old.root_mtime_ns) == (tree, *root):
+                return base
+        sid, snap = self.datasets.commit(name, tree, parent=base, message="nerdfs commit", files=files, size=size,
+                                         root=root)
         if snap.tree != tree:  # merged with another client's commit: show the merged tree
             self.ws.replace_dataset_tree(name, snap.tree)
             try:
