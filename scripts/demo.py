@@ -1,8 +1,10 @@
 """The main job, end to end on the embedded default (a file:// store).
 
-Runs the real ``nerd`` command: upload a sample folder, edit one file,
-upload again (only the changed chunk travels), download the dataset and
-check every byte. Everything lives in a temporary NERD_HOME unless
+Runs the real ``nerd`` and ``nerdfs`` commands: upload a sample folder, edit
+one file, upload again (only the changed chunk travels), download the
+dataset and check every byte; then mount the store, ``cp -a`` the folder into
+a new dataset and ``nerdfs sync``: its chunks are already stored, so almost
+nothing is uploaded. Everything lives in a temporary NERD_HOME unless
 ``--keep DIR`` names one to keep.
 """
 
@@ -50,6 +52,37 @@ def tree_digest(root: Path) -> dict[str, str]:
     return out
 
 
+def nerdfs(*args: str, env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-m", "nerdfs", *args, "--output", "json"], env=env, check=True,
+                         stdout=subprocess.PIPE)
+    return json.loads(out.stdout)
+
+
+def mount_demo(work: Path, src: Path, env: dict) -> bool:
+    """Mount the same store, cp the sample into a new dataset, sync: dedup means ~nothing is uploaded."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        print("mount: skipped (FUSE needs root and /dev/fuse here)")
+        return True
+    mnt = work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    nerdfs("mount", str(mnt), "--cache-dir", str(work / "mount-cache"), env=env)
+    try:
+        before = nerdfs("status", str(mnt), env=env)["uploaded_bytes"]
+        (mnt / "copy").mkdir()
+        subprocess.run(["cp", "-a", f"{src}/.", str(mnt / "copy")], check=True)
+        snap = nerdfs("sync", str(mnt), env=env)["snapshots"]["copy"]
+        status = nerdfs("status", str(mnt), env=env)
+        same = tree_digest(src) == tree_digest(mnt / "copy")
+        history = sorted(os.listdir(mnt / ".snapshots" / "copy"))
+    finally:
+        nerdfs("umount", str(mnt), env=env)
+    sent = status["uploaded_bytes"] - before
+    print(f"mount: cp -a into {mnt}/copy, nerdfs sync → snapshot {snap[:12]} "
+          f"({len(history)} in .snapshots/copy); uploaded {mib(sent).strip()} "
+          f"(everything else deduplicated); copy identical: {'yes' if same else 'NO'}")
+    return same
+
+
 def mib(n: int) -> str:
     return f"{n / (1 << 20):8.2f} MiB"
 
@@ -83,7 +116,8 @@ def main() -> int:
             print(f"{label:<28}{mib(r['bytes_total']):>14}{mib(r['bytes_uploaded']):>14}  {r['snapshot'][:12]}")
         print(f"download: {down['files']} files, {mib(down['bytes_total']).strip()} → {dest}")
         print(f"history: {len(log['snapshots'])} snapshots; restored copy identical: {'yes' if ok else 'NO'}")
-        return 0 if ok and again["bytes_uploaded"] == 0 else 1
+        mount_ok = mount_demo(work, src, env)
+        return 0 if ok and again["bytes_uploaded"] == 0 and mount_ok else 1
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

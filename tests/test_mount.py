@@ -154,6 +154,12 @@ def test_posix_basics(mounts):
     big = ds / "big"
     big.write_bytes(b"a" * (3 << 20))
     assert os.stat(big).st_blocks * 512 >= 3 << 20
+    # cp -a keeps modes (it must not be able to park them in an ACL we do not enforce)
+    src = m.mnt.parent / "cp-src"
+    src.write_text("mode")
+    os.chmod(src, 0o604)
+    subprocess.run(["cp", "-a", str(src), str(ds / "copied")], check=True)
+    assert os.stat(ds / "copied").st_mode & 0o777 == 0o604
     # top level: only dataset directories
     with pytest.raises(OSError):
         (m.mnt / "file-at-top").write_text("no")

@@ -69,7 +69,12 @@ class Mount:
             self.contents.drop(ino)
 
     def refresh(self) -> None:
-        """Show the store's datasets: new ones appear, clean ones move to their current head."""
+        """Show the store's datasets: new ones appear, clean ones move to their current head.
+
+        Also reads the store's chunk list into the index (at most daily), so
+        data that is already stored is deduplicated, not uploaded again.
+        """
+        self.repo.refresh_known()
         local = self.ws.dataset_dirs()
         dirty = set(self.ws.dirty())
         for name in self.datasets.names():

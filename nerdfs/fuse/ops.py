@@ -310,6 +310,10 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def setxattr(self, inode, name, value, ctx):
         self._writable(inode)
+        if name.startswith(b"system."):
+            # No POSIX ACLs: storing the blob would let `cp -a` skip its chmod
+            # (it sets modes through the ACL), leaving files with the wrong mode.
+            raise FsError(errno.EOPNOTSUPP)
         self.ws.setxattr(inode, name, value)
 
     @_errors
