@@ -88,7 +88,7 @@ def make_tree(root: Path, seed: int = 1) -> None:
 
 
 def rsync_diff(src: Path, dst: Path) -> list[str]:
-    r = subprocess.run(["rsync", "-anciHX", "--delete", f"{src}/", f"{dst}/"], capture_output=True, text=True,
+    r = subprocess.run(["rsync", "-anciHAX", "--delete", f"{src}/", f"{dst}/"], capture_output=True, text=True,
                        check=True)
     return [line for line in r.stdout.splitlines() if line.strip()]
 
@@ -98,7 +98,7 @@ def test_rsync_in_verify_remount_with_empty_cache_verify(mounts, tmp_path):
     make_tree(src)
     m = mounts()
     (m.mnt / "data").mkdir()
-    subprocess.run(["rsync", "-aHX", f"{src}/", f"{m.mnt}/data/"], check=True)
+    subprocess.run(["rsync", "-aHAX", f"{src}/", f"{m.mnt}/data/"], check=True)
     assert rsync_diff(src, m.mnt / "data") == []
     snaps = m.sync()["snapshots"]
     assert set(snaps) == {"data"}
