@@ -16,7 +16,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from .errors import NerdError
+from .chunker import chunk_id
+from .errors import IntegrityError, NerdError
 from .repo import CHUNK, Repository
 from .uploader import Journal
 from .workspace import FsError, Inode, Workspace
@@ -54,6 +55,8 @@ class Contents:
                 self._recent.move_to_end(cid)
                 return data
         data = self.journal.read(cid)
+        if data is not None and chunk_id(data) != cid:  # local disks rot too
+            raise IntegrityError(f"journaled chunk {cid} in {self.journal.dir} is corrupted")
         if data is None:
             data = self.repo.get(CHUNK, cid)  # cache, then store; verified either way
         with self._lock:

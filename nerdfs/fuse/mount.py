@@ -8,6 +8,7 @@ stays journaled and the next mount resumes it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -113,7 +114,16 @@ class Mount:
                     await trio.sleep(0.1)
                 result = {}
                 for name in dirty:
-                    result[name] = await trio.to_thread.run_sync(self._commit_one, name, local[name].ino)
+                    for attempt in range(5):
+                        try:
+                            result[name] = await trio.to_thread.run_sync(self._commit_one, name, local[name].ino)
+                            break
+                        except FsError as e:  # a file was written again since the flush: flush, retry
+                            if e.errno != errno.EAGAIN or attempt == 4:
+                                raise NerdError(f"dataset {name}: files keep changing; commit later") from None
+                            await self.ops.flush_all({name})
+                            while len(self.journal):
+                                await trio.sleep(0.1)
             except BaseException:
                 for name in dirty:
                     self.ws.mark_dirty(name)
