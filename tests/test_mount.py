@@ -353,3 +353,26 @@ def test_snapshots_view_is_read_only_history(mounts):
     with pytest.raises(OSError):
         (snaps / "hist" / first / "sub" / "v.txt").unlink()
     assert (ds / "sub" / "v.txt").read_text() == "version 2"
+
+
+def test_two_mounts_commit_to_one_dataset_and_nothing_is_lost(mounts, tmp_path):
+    a = mounts()
+    (a.mnt / "team").mkdir()
+    (a.mnt / "team" / "common.txt").write_text("base")
+    a.sync()
+    b = mounts(name="mnt2", cache="cache2")
+    (a.mnt / "team" / "from-a.txt").write_text("a")
+    (b.mnt / "team" / "from-b.txt").write_text("b")
+    snap_a = a.sync()["snapshots"]["team"]
+    snap_b = b.sync()["snapshots"]["team"]  # raced with a: merged on top, since the paths differ
+    assert snap_a != snap_b
+    # b's working tree shows the merged result; the log holds both commits.
+    assert sorted(os.listdir(b.mnt / "team")) == ["common.txt", "from-a.txt", "from-b.txt"]
+    history = os.listdir(b.mnt / ".snapshots" / "team")
+    assert snap_a in history and snap_b in history
+    b.umount()
+    a.umount()
+    out = tmp_path / "out"
+    env = {**os.environ, "NERD_HOME": str(tmp_path / "dl"), "NERD_STORE": a.store}
+    subprocess.run([sys.executable, "-m", "nerdcli", "dataset", "download", "team", str(out)], check=True, env=env)
+    assert sorted(os.listdir(out)) == ["common.txt", "from-a.txt", "from-b.txt"]
