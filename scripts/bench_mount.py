@@ -45,7 +45,8 @@ Run:
 The table goes to stdout (to stderr with ``--json``, where stdout holds one
 JSON document); progress lines go to stderr. Everything is unmounted and
 the server stopped on exit, error or Ctrl-C; the work directory is removed
-unless ``--keep``.
+unless ``--keep`` (or a side failed: then it is kept for the mount logs,
+``nerd-cache*/mount.log`` and ``mnt-rclone*.log``).
 """
 
 from __future__ import annotations
