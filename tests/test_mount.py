@@ -35,8 +35,8 @@ class Mounted:
         self.store = store
         self.mnt.mkdir(parents=True, exist_ok=True)
 
-    def mount(self) -> "Mounted":
-        nerdfs("mount", str(self.mnt), "--store", self.store, "--cache-dir", str(self.cache), home=self.home)
+    def mount(self, *extra: str) -> "Mounted":
+        nerdfs("mount", str(self.mnt), "--store", self.store, "--cache-dir", str(self.cache), *extra, home=self.home)
         return self
 
     def sync(self) -> dict:
@@ -376,3 +376,64 @@ def test_two_mounts_commit_to_one_dataset_and_nothing_is_lost(mounts, tmp_path):
     env = {**os.environ, "NERD_HOME": str(tmp_path / "dl"), "NERD_STORE": a.store}
     subprocess.run([sys.executable, "-m", "nerdcli", "dataset", "download", "team", str(out)], check=True, env=env)
     assert sorted(os.listdir(out)) == ["common.txt", "from-a.txt", "from-b.txt"]
+
+
+def test_periodic_commit_makes_progress_visible(tmp_path):
+    m = Mounted(tmp_path, f"file://{tmp_path / 'store'}")
+    try:
+        m.mount("--commit-interval", "1")
+        (m.mnt / "auto").mkdir()
+        (m.mnt / "auto" / "f").write_text("committed without sync")
+        env = {**os.environ, "NERD_HOME": str(tmp_path / "other"), "NERD_STORE": m.store}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            r = subprocess.run([sys.executable, "-m", "nerdcli", "-o", "json", "dataset", "log", "auto"],
+                               capture_output=True, text=True, env=env)
+            if r.returncode == 0:
+                break
+            time.sleep(0.5)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["snapshots"]
+    finally:
+        m.cleanup()
+
+
+def test_writers_wait_when_the_cache_is_full_of_unuploaded_data(tmp_path):
+    import threading
+
+    from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
+
+    server = SeaweedFS(tmp_path / "seaweed").start()
+    m = Mounted(tmp_path, "s3://full/nerd")
+    try:
+        server.make_bucket("full")
+        m.home.mkdir(parents=True)
+        (m.home / "config.json").write_text(json.dumps({"datasets": {"s3": {
+            "endpoint_url": server.endpoint, "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}}}))
+        m.mount("--cache-size", "4MiB")
+        (m.mnt / "ds").mkdir()
+        server.stop()
+        data = os.urandom(12 << 20)  # three times the cache
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                with open(m.mnt / "ds" / "big", "wb") as fh:
+                    fh.write(data)
+                    os.fsync(fh.fileno())
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+            done.set()
+
+        threading.Thread(target=write, daemon=True).start()
+        assert not done.wait(8), "the writer should wait for the uploader, not fail or overrun the cache"
+        server.start()
+        assert done.wait(120) and not errors, errors
+        m.sync()
+        assert (m.mnt / "ds" / "big").read_bytes() == data
+        status = json.loads(nerdfs("status", str(m.mnt), "-o", "json", home=m.home).stdout)
+        assert status["pending_chunks"] == 0 and status["cache_used"] <= 4 << 20
+    finally:
+        m.cleanup()
+        server.stop()
