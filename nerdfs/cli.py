@@ -208,6 +208,7 @@ def _daemonise(options: Any, config_file: Path, output: str) -> None:
         env["NERD_HOME"] = os.path.abspath(env["NERD_HOME"])
     package_root = str(Path(__file__).resolve().parent.parent)  # the daemon runs in /: find this nerdfs there
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env.setdefault("MALLOC_ARENA_MAX", "2")  # many worker threads, one arena each, would double the RSS
     r, w = os.pipe()
     try:
         with open(log_path, "ab") as log:

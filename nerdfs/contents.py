@@ -151,12 +151,10 @@ class Contents:
                     self.journal.sync()
                 return node
             with open(self.staging_path(ino), "rb") as f:
-                if durable:
-                    os.fdatasync(f.fileno())
                 chunks = []
                 for piece in self.repo.chunker.cut_file(f):
                     chunks.append((piece.id, piece.length))
-                    self.journal.add(piece.id, piece.data, durable)
+                    self.journal.add(piece.id, piece.data)
             size = sum(n for _, n in chunks)
             node = self.ws.update(ino, chunks=chunks, unflushed=False, size=size)
             if durable:

@@ -10,6 +10,7 @@ bytes reach the cache limit, writers wait for the uploader.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import trio
 
+from .chunker import chunk_id
 from .errors import NerdError
 from .objects import encode
 from .repo import CHUNK, Repository, object_key
 
 log = logging.getLogger(__name__)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class Journal:
@@ -64,8 +67,11 @@ class Journal:
     def path(self, cid: str) -> Path:
         return self.dir / cid
 
-    def add(self, cid: str, data: bytes | memoryview, durable: bool) -> bool:
-        """Journal a chunk unless the store or the journal has it; blocks while the cache is full of dirty data."""
+    def add(self, cid: str, data: bytes | memoryview) -> bool:
+        """Journal a chunk unless the store or the journal has it; blocks while the cache is full of dirty data.
+
+        Not durable by itself: :meth:`sync` makes everything journaled so far durable at once.
+        """
         if self.repo.knows(object_key(CHUNK, cid)) or self.has(cid):
             return False
         with self._cond:
@@ -74,16 +80,12 @@ class Journal:
         tmp = self.dir / f".tmp-{cid}-{threading.get_ident()}"
         with open(tmp, "wb") as f:
             f.write(data)
-            if durable:
-                os.fdatasync(f.fileno())
         os.rename(tmp, self.path(cid))
         with self.env.begin(write=True) as txn:
             added = txn.put(cid.encode(), str(len(data)).encode(), db=self._db, overwrite=False)
         if added:
             with self._cond:
                 self._bytes += len(data)
-        if durable:
-            self.env.sync(True)
         self.changed.set()
         return added
 
@@ -104,6 +106,15 @@ class Journal:
                 self._cond.notify_all()
 
     def sync(self) -> None:
+        """Make every journaled chunk and staging file durable: one syncfs for the whole cache
+        filesystem instead of an fdatasync per chunk, then the LMDB index."""
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _libc.syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), str(self.dir))
+        finally:
+            os.close(fd)
         self.env.sync(True)
 
 
@@ -129,6 +140,13 @@ class Uploader:
     def _send(self, cid: str) -> int:
         data = self.journal.read(cid)
         if data is None:  # already moved (a duplicate entry); nothing to send
+            self.journal.done(cid)
+            return 0
+        if chunk_id(data) != cid:
+            # A pending file cut short by a power loss before any fsync promised
+            # it: never store wrong bytes under an id.
+            log.error("journaled chunk %s is damaged (not fsync'd before a crash?); dropped", cid)
+            self.journal.path(cid).unlink(missing_ok=True)
             self.journal.done(cid)
             return 0
         framed = encode(data, self.repo.config.compression_level)
