@@ -14,6 +14,7 @@ import bisect
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .chunker import chunk_id
@@ -25,7 +26,7 @@ from .workspace import FsError, Inode, Workspace
 
 class Contents:
     def __init__(self, repo: Repository, ws: Workspace, journal: Journal, root: Path,
-                 memory_chunks: int = 8) -> None:
+                 memory_chunks: int = 12, readahead: int = 4) -> None:
         self.repo = repo
         self.ws = ws
         self.journal = journal
@@ -37,6 +38,11 @@ class Contents:
         self._inode_locks: dict[int, threading.Lock] = {}
         self._recent: OrderedDict[str, bytes] = OrderedDict()  # a few chunks in memory for 128 KiB reads
         self._recent_max = memory_chunks
+        # Sequential reads fetch the next chunks ahead, so the store's latency overlaps.
+        self._ahead = ThreadPoolExecutor(readahead, thread_name_prefix="nerd-readahead")
+        self._fetching: dict[str, Future] = {}
+        self.readahead = readahead
+        self._starts: tuple[int, list, list[int]] | None = None
 
     def staging_path(self, ino: int) -> Path:
         return self.dir / str(ino)
@@ -54,6 +60,25 @@ class Contents:
             if data is not None:
                 self._recent.move_to_end(cid)
                 return data
+            pending = self._fetching.get(cid)
+        if pending is not None:
+            return pending.result()
+        return self._load(cid)
+
+    def _prefetch(self, cids: list[str]) -> None:
+        with self._lock:
+            todo = [c for c in cids if c not in self._recent and c not in self._fetching]
+            for cid in todo:
+                self._fetching[cid] = self._ahead.submit(self._load, cid)
+
+    def _load(self, cid: str) -> bytes:
+        try:
+            return self._fetch(cid)
+        finally:
+            with self._lock:
+                self._fetching.pop(cid, None)
+
+    def _fetch(self, cid: str) -> bytes:
         data = self.journal.read(cid)
         if data is not None and chunk_id(data) != cid:  # local disks rot too
             raise IntegrityError(f"journaled chunk {cid} in {self.journal.dir} is corrupted")
@@ -65,14 +90,24 @@ class Contents:
                 self._recent.popitem(last=False)
         return data
 
+    def _offsets(self, node: Inode) -> list[int]:
+        """Start offsets of the chunks (and the end), remembered for the last inode read."""
+        cached = self._starts
+        if cached is not None and cached[0] == node.ino and cached[1] is node.chunks:
+            return cached[2]
+        starts = [0]
+        for _, n in node.chunks:
+            starts.append(starts[-1] + n)
+        self._starts = (node.ino, node.chunks, starts)
+        return starts
+
     def read_chunks(self, node: Inode, offset: int, size: int) -> bytes:
         end = min(node.size, offset + size)
         if offset >= end:
             return b""
-        starts = [0]
-        for _, n in node.chunks:
-            starts.append(starts[-1] + n)
+        starts = self._offsets(node)
         i = bisect.bisect_right(starts, offset) - 1
+        self._prefetch([c for c, _ in node.chunks[i + 1:i + 1 + self.readahead]])
         out = []
         while i < len(node.chunks) and starts[i] < end:
             cid, n = node.chunks[i]

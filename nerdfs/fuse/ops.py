@@ -83,7 +83,7 @@ class Operations(pyfuse3.Operations):
         self.read_only = read_only
         self.lookups: dict[int, int] = {}
         self.opened: dict[int, _Open] = {}
-        self._handles: dict[int, list] = {}  # fh -> [ino, writable, staged]
+        self._handles: dict[int, list] = {}  # fh -> [ino, writable, staged, clean inode for reads]
         self._next_fh = 1
 
     # ------------------------------------------------------------------ helpers
@@ -337,7 +337,7 @@ class Operations(pyfuse3.Operations):
     def _new_handle(self, ino: int, writable: bool) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = [ino, writable, False]
+        self._handles[fh] = [ino, writable, False, None]
         st = self.opened.setdefault(ino, _Open())
         st.handles += 1
         st.writers += writable
@@ -395,15 +395,20 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def read(self, fh, off, size):
-        ino = self._handles[fh][0]
-        node = self._node(ino)
+        h = self._handles[fh]
+        ino = h[0]
+        st = self.opened.get(ino)
+        node = h[3]
+        if node is None or (st and st.writers):
+            # Decoding a big inode per 128 KiB request is costly: keep it while nobody writes.
+            node = h[3] = self._node(ino)
         if node.staged:
             return os.pread(await self._stage(fh), size, off)
         return await trio.to_thread.run_sync(self.contents.read_chunks, node, off, size)
 
     @_errors
     async def write(self, fh, off, buf):
-        ino, writable, _ = self._handles[fh]
+        ino, writable, _, _ = self._handles[fh]
         if not writable:
             raise FsError(errno.EBADF)
         n = os.pwrite(self.contents.fd(ino), buf, off)
@@ -439,7 +444,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def release(self, fh):
-        ino, writable, staged = self._handles.pop(fh)
+        ino, writable, staged, _ = self._handles.pop(fh)
         st = self.opened[ino]
         st.handles -= 1
         st.writers -= writable
