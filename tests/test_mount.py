@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -67,6 +68,25 @@ def mounts(tmp_path):
     yield make
     for m in made:
         m.cleanup()
+
+
+@contextlib.contextmanager
+def own_s3_mount(tmp_path: Path, bucket: str, *extra: str):
+    """A mount on a SeaweedFS of its own, which the test may stop and start."""
+    from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
+
+    server = SeaweedFS(tmp_path / "seaweed").start()
+    m = Mounted(tmp_path, f"s3://{bucket}/nerd")
+    try:
+        server.make_bucket(bucket)
+        m.home.mkdir(parents=True)
+        (m.home / "config.json").write_text(json.dumps({"datasets": {"s3": {
+            "endpoint_url": server.endpoint, "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}}}))
+        m.mount(*extra)
+        yield server, m
+    finally:
+        m.cleanup()
+        server.stop()
 
 
 def make_tree(root: Path, seed: int = 1) -> None:
@@ -288,16 +308,7 @@ def test_kill_9_keeps_fsynced_files_and_resumes(mounts, tmp_path):
 
 
 def test_store_outage_writes_continue_and_sync_catches_up(tmp_path):
-    from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
-
-    server = SeaweedFS(tmp_path / "seaweed").start()
-    m = Mounted(tmp_path, "s3://outage/nerd")
-    try:
-        server.make_bucket("outage")
-        m.home.mkdir(parents=True)
-        (m.home / "config.json").write_text(json.dumps({"datasets": {"s3": {
-            "endpoint_url": server.endpoint, "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}}}))
-        m.mount()
+    with own_s3_mount(tmp_path, "outage") as (server, m):
         ds = m.mnt / "ds"
         ds.mkdir()
         before = os.urandom(2 << 20)
@@ -324,9 +335,6 @@ def test_store_outage_writes_continue_and_sync_catches_up(tmp_path):
         env = {**os.environ, "NERD_HOME": str(m.home), "NERD_STORE": m.store}
         subprocess.run([sys.executable, "-m", "nerdcli", "dataset", "download", "ds", str(out)], check=True, env=env)
         assert (out / "before").read_bytes() == before and (out / "during").read_bytes() == during
-    finally:
-        m.cleanup()
-        server.stop()
 
 
 def test_snapshots_view_is_read_only_history(mounts):
@@ -401,16 +409,7 @@ def test_periodic_commit_makes_progress_visible(tmp_path):
 def test_writers_wait_when_the_cache_is_full_of_unuploaded_data(tmp_path):
     import threading
 
-    from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
-
-    server = SeaweedFS(tmp_path / "seaweed").start()
-    m = Mounted(tmp_path, "s3://full/nerd")
-    try:
-        server.make_bucket("full")
-        m.home.mkdir(parents=True)
-        (m.home / "config.json").write_text(json.dumps({"datasets": {"s3": {
-            "endpoint_url": server.endpoint, "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}}}))
-        m.mount("--cache-size", "4MiB")
+    with own_s3_mount(tmp_path, "full", "--cache-size", "4MiB") as (server, m):
         (m.mnt / "ds").mkdir()
         server.stop()
         data = os.urandom(12 << 20)  # three times the cache
@@ -434,6 +433,3 @@ def test_writers_wait_when_the_cache_is_full_of_unuploaded_data(tmp_path):
         assert (m.mnt / "ds" / "big").read_bytes() == data
         status = json.loads(nerdfs("status", str(m.mnt), "-o", "json", home=m.home).stdout)
         assert status["pending_chunks"] == 0 and status["cache_used"] <= 4 << 20
-    finally:
-        m.cleanup()
-        server.stop()
