@@ -28,6 +28,7 @@ from .snapshots import SnapshotView
 
 log = logging.getLogger(__name__)
 _TIMEOUT = 1.0  # attribute/entry cache: >0 keeps `ls -l` of 10k files fast
+_INLINE_BYTES = 64 * 1024  # files this small are staged and chunked on the trio loop, without a thread hop
 
 
 @dataclass
@@ -113,6 +114,20 @@ class Operations(pyfuse3.Operations):
         if self.read_only or any(SnapshotView.owns(i) for i in inodes):
             raise FsError(errno.EROFS)
 
+    async def _call(self, fn, *args, cheap: bool = False):
+        """Run ``fn`` in a worker thread, or inline when ``cheap``: a thread hop costs more than a
+        short LMDB transaction, and small-file workloads are made of those."""
+        if cheap:
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args)
+
+    def _expanded(self, *inodes: int) -> bool:
+        """Whether these directories need no store reads (their entries are in LMDB already)."""
+        try:
+            return all(self.ws.get(i).tree is None for i in inodes)
+        except FsError:
+            return True
+
     def _node(self, ino: int):
         """A workspace inode, or a read-only one of the snapshot view."""
         if SnapshotView.owns(ino):
@@ -141,7 +156,7 @@ class Operations(pyfuse3.Operations):
             return self._entry(self.view.root)
         if SnapshotView.owns(parent_inode):
             return self._entry(await trio.to_thread.run_sync(self.view.lookup, parent_inode, name))
-        node = await trio.to_thread.run_sync(self.ws.lookup, parent_inode, name)
+        node = await self._call(self.ws.lookup, parent_inode, name, cheap=self._expanded(parent_inode))
         return self._entry(node)
 
     @_errors
@@ -207,7 +222,7 @@ class Operations(pyfuse3.Operations):
                 return [(i + 1, name, self.view.nodes[ino]) for i, (name, ino) in enumerate(names)][start_id:]
             entries = await trio.to_thread.run_sync(listing)
         else:
-            entries = await trio.to_thread.run_sync(lambda: list(self.ws.entries(fh, start_id)))
+            entries = await self._call(lambda: list(self.ws.entries(fh, start_id)), cheap=self._expanded(fh))
         for cookie, name, node in entries:
             if not pyfuse3.readdir_reply(token, name, self._entry(node), cookie):
                 self.lookups[node.ino] -= 1  # not handed to the kernel after all
@@ -278,7 +293,8 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def unlink(self, parent_inode, name, ctx):
         self._writable(parent_inode)
-        node = await trio.to_thread.run_sync(lambda: self.ws.remove(parent_inode, name, is_dir=False))
+        node = await self._call(lambda: self.ws.remove(parent_inode, name, is_dir=False),
+                                cheap=self._expanded(parent_inode))
         if node.nlink == 0:
             self._maybe_drop(node.ino)
 
@@ -286,7 +302,7 @@ class Operations(pyfuse3.Operations):
     async def rmdir(self, parent_inode, name, ctx):
         self._writable(parent_inode)
         self._check_parent(parent_inode)
-        node = await trio.to_thread.run_sync(lambda: self.ws.remove(parent_inode, name, is_dir=True))
+        node = await self._call(lambda: self.ws.remove(parent_inode, name, is_dir=True), cheap=False)
         self._maybe_drop(node.ino)
 
     @_errors
@@ -299,9 +315,10 @@ class Operations(pyfuse3.Operations):
         old_parent, new_parent = self.ws.get(parent_inode_old), self.ws.get(parent_inode_new)
         if old_parent.dataset != new_parent.dataset:
             raise FsError(errno.EXDEV)  # mv copies across datasets
-        victim = await trio.to_thread.run_sync(
+        victim = await self._call(
             lambda: self.ws.rename(parent_inode_old, name_old, parent_inode_new, name_new,
-                                   noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE)))
+                                   noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE)),
+            cheap=self._expanded(parent_inode_old, parent_inode_new))
         if victim is not None and victim.nlink == 0:
             self._maybe_drop(victim.ino)
 
@@ -348,7 +365,10 @@ class Operations(pyfuse3.Operations):
         h = self._handles[fh]
         if h[2]:
             return self.contents.fd(h[0])
-        fd = await trio.to_thread.run_sync(self.contents.stage, h[0])
+        node = self.ws.get(h[0])
+        small = node.size <= _INLINE_BYTES and not SnapshotView.owns(h[0])
+        fd = await self._call(self.contents.stage, h[0], cheap=small and all(
+            self.contents.journal.has(c) for c, _ in node.chunks))
         h[2] = True
         return fd
 
@@ -426,7 +446,11 @@ class Operations(pyfuse3.Operations):
         st = self.opened.get(ino)
         if st and st.written:
             self.ws.update(ino, size=st.size, mtime_ns=st.mtime_ns, ctime_ns=st.mtime_ns)
-        await trio.to_thread.run_sync(self.contents.flush, ino, durable)
+        size = st.size if st and st.size is not None else self.ws.get(ino).size
+        journal = self.contents.journal
+        # Inline only when the journal has room: waiting for the uploader on the loop would stop it.
+        cheap = size <= _INLINE_BYTES and not durable and journal.pending_bytes + size <= journal.limit
+        await self._call(self.contents.flush, ino, durable, cheap=cheap)
         if st:
             st.written = False  # the next write marks the staging file unflushed again
 
@@ -453,7 +477,7 @@ class Operations(pyfuse3.Operations):
             if st.writers == 0:  # no new writer came while we flushed
                 st.size = st.mtime_ns = None
         if staged:
-            await trio.to_thread.run_sync(self.contents.unstage, ino)
+            await self._call(self.contents.unstage, ino, cheap=True)
         # Only the release that still finds this state removes it (another
         # release or open of the same file may have run while we awaited).
         if st.handles == 0 and self.opened.get(ino) is st:
