@@ -37,8 +37,22 @@ class FsError(Exception):
         self.errno = code
 
 
+class FileKind:
+    """``is_dir``/``is_file`` from ``mode``, for the mount's inodes and the snapshot view's."""
+
+    mode: int
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+
 @dataclass
-class Inode:
+class Inode(FileKind):
     ino: int
     mode: int  # full st_mode, type bits included
     uid: int = 0
@@ -56,14 +70,6 @@ class Inode:
     target: str = ""  # symlink
     cookie: int = 0  # next directory cookie (directories)
     link: int = 0  # hard-link id in snapshots (files with several names)
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_file(self) -> bool:
-        return stat.S_ISREG(self.mode)
 
     def to_bytes(self) -> bytes:
         d = {k: v for k, v in self.__dict__.items() if k != "ino" and v not in (None, "", [], False, 0)}
@@ -95,6 +101,7 @@ class Workspace:
         self._cookies = self.env.open_db(b"ws_cookies")  # parent+cookie -> name (readdir order)
         self._xattrs = self.env.open_db(b"ws_xattrs")  # ino+\0+name -> value
         self._meta = self.env.open_db(b"ws_meta")
+        self._dirty: set[str] = set()  # datasets whose dirty flag this process has written
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         with self.env.begin(write=True) as txn:
@@ -428,10 +435,12 @@ class Workspace:
     # ------------------------------------------------------------------ datasets
 
     def mark_dirty(self, dataset: str) -> None:
-        if not dataset:
+        # Every metadata change lands here: skip the write transaction when the flag is set already.
+        if not dataset or dataset in self._dirty:
             return
         with self.env.begin(write=True) as txn:
             txn.put(b"dirty/" + dataset.encode(), b"1", db=self._meta)
+        self._dirty.add(dataset)
 
     def dirty(self) -> list[str]:
         with self.env.begin() as txn:
@@ -457,6 +466,8 @@ class Workspace:
                 txn.delete(b"base/" + dataset.encode(), db=self._meta)
             if clean:
                 txn.delete(b"dirty/" + dataset.encode(), db=self._meta)
+        if clean:
+            self._dirty.discard(dataset)
 
     def dataset_dirs(self) -> dict[str, Inode]:
         return {name.decode(errors="surrogateescape"): node for _, name, node in self.entries(ROOT)}

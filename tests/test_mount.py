@@ -28,6 +28,12 @@ def nerdfs(*args: str, home: Path, check: bool = True, timeout: float = 120) -> 
     return r
 
 
+def download(store: str, dataset: str, out: Path, home: Path) -> None:
+    """What another machine sees: `nerd dataset download` straight from the store."""
+    env = {**os.environ, "NERD_HOME": str(home), "NERD_STORE": store}
+    subprocess.run([sys.executable, "-m", "nerdcli", "dataset", "download", dataset, str(out)], check=True, env=env)
+
+
 class Mounted:
     def __init__(self, tmp: Path, store: str, name: str = "mnt", cache: str = "cache") -> None:
         self.home = tmp / "home"
@@ -300,8 +306,7 @@ def test_kill_9_keeps_fsynced_files_and_resumes(mounts, tmp_path):
     again.umount()
     # Everything reached the store: a fresh download matches.
     out = tmp_path / "out"
-    env = {**os.environ, "NERD_HOME": str(tmp_path / "dl"), "NERD_STORE": again.store}
-    subprocess.run([sys.executable, "-m", "nerdcli", "dataset", "download", "crash", str(out)], check=True, env=env)
+    download(again.store, "crash", out, tmp_path / "dl")
     for name, data in payload.items():
         assert (out / name).read_bytes() == data
     shutil.rmtree(out)
@@ -332,8 +337,7 @@ def test_store_outage_writes_continue_and_sync_catches_up(tmp_path):
         assert "ds" in snaps
         m.umount()
         out = tmp_path / "out"
-        env = {**os.environ, "NERD_HOME": str(m.home), "NERD_STORE": m.store}
-        subprocess.run([sys.executable, "-m", "nerdcli", "dataset", "download", "ds", str(out)], check=True, env=env)
+        download(m.store, "ds", out, m.home)
         assert (out / "before").read_bytes() == before and (out / "during").read_bytes() == during
 
 
@@ -381,8 +385,7 @@ def test_two_mounts_commit_to_one_dataset_and_nothing_is_lost(mounts, tmp_path):
     b.umount()
     a.umount()
     out = tmp_path / "out"
-    env = {**os.environ, "NERD_HOME": str(tmp_path / "dl"), "NERD_STORE": a.store}
-    subprocess.run([sys.executable, "-m", "nerdcli", "dataset", "download", "team", str(out)], check=True, env=env)
+    download(a.store, "team", out, tmp_path / "dl")
     assert sorted(os.listdir(out)) == ["common.txt", "from-a.txt", "from-b.txt"]
 
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from ..datasets import Datasets
 from ..objects import DIR, FILE
 from ..repo import Repository
-from ..workspace import FsError
+from ..workspace import FileKind, FsError
 
 NAME = b".snapshots"
 FIRST = 1 << 62
 
 
 @dataclass
-class VNode:
+class VNode(FileKind):
     ino: int
     mode: int
     mtime_ns: int = 0
@@ -49,13 +49,6 @@ class VNode:
     def ctime_ns(self) -> int:
         return self.mtime_ns
 
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_file(self) -> bool:
-        return stat.S_ISREG(self.mode)
 
 
 class SnapshotView:
