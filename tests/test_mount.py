@@ -69,7 +69,7 @@ def mounts(tmp_path):
     def make(store: str | None = None, **kw) -> Mounted:
         m = Mounted(tmp_path, store or f"file://{tmp_path / 'store'}", **kw)
         made.append(m)
-        return m.mount()
+        return m.mount("--refresh-interval", "2")
 
     yield make
     for m in made:
@@ -275,13 +275,40 @@ def test_real_programs_inside_the_mount(mounts, tmp_path):
     m.sync()
 
 
-def test_second_mount_sees_committed_snapshot(mounts, tmp_path):
+def test_second_mount_sees_and_follows_committed_snapshots(mounts, tmp_path):
     first = mounts()
     (first.mnt / "shared").mkdir()
     (first.mnt / "shared" / "hello.txt").write_text("from the first mount")
     first.sync()
     second = mounts(name="mnt2", cache="cache2")
     assert (second.mnt / "shared" / "hello.txt").read_text() == "from the first mount"
+    listed = os.listdir(second.mnt / "shared")  # the kernel now caches the old listing
+
+    # While both stay mounted, the second follows the first's commits: on
+    # `nerdfs sync`, and on its own within the refresh interval.
+    (first.mnt / "shared" / "hello.txt").write_text("changed by the first mount")
+    (first.mnt / "shared" / "new.txt").write_text("new")
+    (first.mnt / "other").mkdir()
+    first.sync()
+    second.sync()
+    assert listed == ["hello.txt"]
+    assert sorted(os.listdir(second.mnt / "shared")) == ["hello.txt", "new.txt"]
+    assert (second.mnt / "shared" / "hello.txt").read_text() == "changed by the first mount"
+    assert (second.mnt / "other").is_dir()
+
+    (first.mnt / "shared" / "new.txt").unlink()
+    first.sync()
+    deadline = time.monotonic() + 30
+    while (second.mnt / "shared" / "new.txt").exists():
+        assert time.monotonic() < deadline, "the second mount did not follow within its refresh interval"
+        time.sleep(0.5)
+
+    # A dataset with unsaved changes keeps them; its commit merges with the other's.
+    (second.mnt / "shared" / "mine.txt").write_text("second")
+    (first.mnt / "shared" / "theirs.txt").write_text("first")
+    first.sync()
+    second.sync()
+    assert sorted(os.listdir(second.mnt / "shared")) == ["hello.txt", "mine.txt", "theirs.txt"]
 
 
 def test_kill_9_keeps_fsynced_files_and_resumes(mounts, tmp_path):

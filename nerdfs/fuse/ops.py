@@ -484,6 +484,17 @@ class Operations(pyfuse3.Operations):
             del self.opened[ino]
             self._maybe_drop(ino)
 
+    def writing(self, dataset: str) -> bool:
+        """Whether a file of ``dataset`` is open for writing (its working tree must not be replaced)."""
+        for ino, st in self.opened.items():
+            if st.writers or st.written:
+                try:
+                    if self.ws.get(ino).dataset == dataset:
+                        return True
+                except FsError:
+                    continue
+        return False
+
     async def flush_all(self, datasets: set[str] | None = None) -> None:
         """Flush every file open for writing (for a commit): its content so far becomes chunks."""
         for ino, st in list(self.opened.items()):
