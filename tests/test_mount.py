@@ -316,14 +316,31 @@ def test_kill_9_keeps_fsynced_files_and_resumes(mounts, tmp_path):
     ds = m.mnt / "crash"
     ds.mkdir()
     payload = {f"f{i}": os.urandom(300_000 + i) for i in range(5)}
+    payload |= {f"small{n}": os.urandom(n) for n in (0, 100, 4096, 65536)}  # staged in memory
     for name, data in payload.items():
         with open(ds / name, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    # Still open at the crash: a small file, and one that outgrew its memory buffer.
+    open_small = open(ds / "open-small", "wb")
+    open_small.write(b"x" * 1000)
+    open_small.flush()
+    os.fsync(open_small.fileno())
+    open_grown = open(ds / "open-grown", "wb")
+    open_grown.write(b"y" * 1000)
+    open_grown.flush()
+    os.fsync(open_grown.fileno())
+    open_grown.write(b"z" * 200_000)
+    open_grown.flush()
+    os.fsync(open_grown.fileno())
+    payload |= {"open-small": b"x" * 1000, "open-grown": b"y" * 1000 + b"z" * 200_000}
     pid = m.pid()
     assert pid
     os.kill(pid, signal.SIGKILL)
+    for fh in (open_small, open_grown):
+        with contextlib.suppress(OSError):
+            fh.close()
     time.sleep(0.5)
     subprocess.run(["fusermount3", "-u", "-z", str(m.mnt)], check=False)
     again = mounts()
