@@ -283,6 +283,7 @@ def test_second_mount_sees_and_follows_committed_snapshots(mounts, tmp_path):
     second = mounts(name="mnt2", cache="cache2")
     assert (second.mnt / "shared" / "hello.txt").read_text() == "from the first mount"
     listed = os.listdir(second.mnt / "shared")  # the kernel now caches the old listing
+    assert not (second.mnt / "shared" / "new.txt").exists()  # ... and "no such file" for a name
 
     # While both stay mounted, the second follows the first's commits: on
     # `nerdfs sync`, and on its own within the refresh interval.

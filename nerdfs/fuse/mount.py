@@ -74,7 +74,7 @@ class Mount:
         """At mount time: show the store's datasets as they are now."""
         return self.apply_heads(self.remote_heads())
 
-    def remote_heads(self) -> dict[str, tuple[str, Snapshot]]:
+    def remote_heads(self) -> dict[str, tuple[str, Snapshot, list[bytes]]]:
         """The store's datasets whose head this mount does not show yet (store I/O only: run it in a thread).
 
         Also reads the store's chunk list into the index (at most daily), so
@@ -85,10 +85,12 @@ class Mount:
         for name in self.datasets.names():
             head = self.datasets.head(name)
             if head is not None and head.snapshot != self.ws.base(name):
-                heads[name] = (head.snapshot, self.repo.get_snapshot(head.snapshot))
+                snap = self.repo.get_snapshot(head.snapshot)
+                names = [os.fsencode(e.name) for e in self.repo.get_tree(snap.tree).entries]
+                heads[name] = (head.snapshot, snap, names)
         return heads
 
-    def apply_heads(self, heads: dict[str, tuple[str, Snapshot]]) -> list[str]:
+    def apply_heads(self, heads: dict[str, tuple[str, Snapshot, list[bytes]]]) -> list[str]:
         """New datasets appear, clean ones move to their new head; returns the names that changed.
 
         Runs without an await between the checks and the change, so no write
@@ -98,7 +100,7 @@ class Mount:
         local = self.ws.dataset_dirs()
         dirty = set(self.ws.dirty())
         changed = []
-        for name, (sid, snap) in sorted(heads.items()):
+        for name, (sid, snap, names) in sorted(heads.items()):
             if name not in local:
                 self.ws.attach_dataset(name, snap.tree, snap.root_mode, snap.root_mtime_ns)
                 self._invalidate(ROOT, [name.encode()])
@@ -108,7 +110,7 @@ class Mount:
                 ino = local[name].ino
                 shown = [] if local[name].tree else [n for _, n, _ in self.ws.entries(ino)]
                 self.ws.replace_dataset_tree(name, snap.tree, snap.root_mode, snap.root_mtime_ns)
-                self._invalidate(ino, shown)
+                self._invalidate(ino, sorted(set(shown) | set(names)))  # gone names, and new ones cached as missing
             self.ws.set_base(name, sid, clean=True)
             changed.append(name)
         return changed

@@ -156,7 +156,18 @@ class Operations(pyfuse3.Operations):
             return self._entry(self.view.root)
         if SnapshotView.owns(parent_inode):
             return self._entry(await trio.to_thread.run_sync(self.view.lookup, parent_inode, name))
-        node = await self._call(self.ws.lookup, parent_inode, name, cheap=self._expanded(parent_inode))
+        try:
+            node = await self._call(self.ws.lookup, parent_inode, name, cheap=self._expanded(parent_inode))
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            # A negative entry the kernel may cache: rsync and editors look up every name before
+            # creating it. Only this daemon changes a working tree, so the kernel hears of every
+            # creation; another client's commit invalidates the names it brings (Mount.apply_heads).
+            missing = pyfuse3.EntryAttributes()
+            missing.st_ino = 0
+            missing.entry_timeout = _TIMEOUT
+            return missing
         return self._entry(node)
 
     @_errors
