@@ -233,6 +233,43 @@ def test_random_operations_match_a_reference(mounts, tmp_path):
     m.sync()
 
 
+def test_streaming_writes_then_other_access_patterns(mounts, tmp_path):
+    """A file written front to back is chunked as it streams in; fsync mid-way, reads while it is
+    written, a write behind the stream, a truncate and a hole all keep the bytes right."""
+    m = mounts()
+    ds = m.mnt / "stream"
+    ds.mkdir()
+    rng = random.Random(5)
+    ref = bytearray()
+    with open(ds / "f", "wb", buffering=0) as w:
+        for i in range(24):
+            piece = rng.randbytes(1 << 20)
+            w.write(piece)
+            ref += piece
+            if i == 9:
+                os.fsync(w.fileno())
+        with open(ds / "f", "rb") as r:  # a reader while the writer streams: sees everything written
+            r.seek(5 << 20)
+            assert r.read(3 << 20) == ref[5 << 20:8 << 20]
+        w.write(b"tail")
+        ref += b"tail"
+        w.seek(100)  # behind the stream
+        w.write(b"patched")
+        ref[100:107] = b"patched"
+    assert (ds / "f").read_bytes() == ref
+    with open(ds / "g", "wb", buffering=0) as w:  # a hole past the end, then a truncate
+        w.write(rng.randbytes(200_000))
+        w.seek(300_000)
+        w.write(b"after the hole")
+        w.truncate(250_000)
+    g = (ds / "g").read_bytes()
+    assert len(g) == 250_000 and g[200_000:] == bytes(50_000)
+    m.umount()
+    again = mounts(cache="cache2")
+    assert (again.mnt / "stream" / "f").read_bytes() == ref
+    assert (again.mnt / "stream" / "g").read_bytes() == g
+
+
 def test_real_programs_inside_the_mount(mounts, tmp_path):
     m = mounts()
     ds = m.mnt / "work"
