@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from nerdfs import ConfigError
 
-from .config import default_session_path
+from .config import default_session_path, nerd_home
 
 
 @dataclass
@@ -83,6 +83,8 @@ class Session:
             raise AssertionError(f"session with tokens from {self.source} must not be saved")
         p = self.path or default_session_path()
         p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if p.parent == nerd_home() and stat.S_IMODE(p.parent.stat().st_mode) & 0o077:
+            os.chmod(p.parent, 0o700)  # nerd's own directory; never a user-chosen one like /tmp
         tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -13,6 +13,10 @@ CLI's loopback callback and on to the success page.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import secrets
 import socket
 import threading
@@ -171,6 +175,12 @@ class Provider:
                    **claims}
         return jwt.encode(payload, key or self.key, algorithm=alg or self.alg, headers={"kid": "test"})
 
+    def refresh_token(self, client_id: str = CLIENT_ID) -> str:
+        """A refresh token as a login would have left it (for sessions and NERD_JWT_REFRESH_TOKEN)."""
+        rt = secrets.token_urlsafe(32)
+        self.tokens[rt] = Token(rt, self.clients[client_id], USER, "")
+        return rt
+
     def revoke_all(self) -> None:
         for t in self.tokens.values():
             t.revoked = True
@@ -317,3 +327,25 @@ def with_query(url: str, **changes: str) -> str:
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
     query.update(changes)
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _b64(doc: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+
+def forged_tokens(provider: Provider) -> dict[str, str]:
+    """Tokens a verifier must refuse, each named by its flaw."""
+    good = provider.mint()
+    header, payload, sig = good.split(".")
+    claims = jwt.decode(good, options={"verify_signature": False})
+    hs_input = f"{_b64({'alg': 'HS256', 'typ': 'JWT'})}.{payload}"
+    hs_sig = hmac.new(provider.public_pem.encode(), hs_input.encode(), hashlib.sha256).digest()
+    return {
+        "tampered": f"{header}.{_b64({**claims, 'sub': 'u-0', 'preferred_username': 'root'})}.{sig}",
+        "wrong key": provider.mint(key=new_key("ec")),
+        "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{payload}.",
+        "HS256 with the public key": f"{hs_input}.{base64.urlsafe_b64encode(hs_sig).rstrip(b'=').decode()}",
+        "RS256 against an EC key": provider.mint(key=new_key("rsa"), alg="RS256"),
+        "not a JWT": "hello",
+        "no exp": provider.mint(exp=None),
+    }

@@ -26,7 +26,7 @@ from nerdcli.client.auth import Auth, TokenExpired, load_public_key, verify
 from nerdcli.config import Config
 from nerdcli.session import Session
 from nerdfs.errors import AuthError, ConfigError
-from oauth_provider import CLIENT_ID, Provider, browse, free_port, new_key, public_pem, with_query
+from oauth_provider import CLIENT_ID, Provider, browse, forged_tokens, free_port, new_key, public_pem, with_query
 
 
 @pytest.fixture(autouse=True)
@@ -186,27 +186,6 @@ def test_expired_without_refresh_token(tmp_path, provider, logged_in):
     with pytest.raises(AuthError, match=r"your login expired at .* holds no refresh token — run nerd login"):
         new_auth(tmp_path, logged_in).current_token()
     assert p.read_bytes() == before and provider.token_requests[-1]["grant_type"] == "authorization_code"
-
-
-def _b64(doc: dict) -> str:
-    return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
-
-
-def forged_tokens(provider: Provider) -> dict[str, str]:
-    good = provider.mint()
-    header, payload, sig = good.split(".")
-    claims = jwt.decode(good, options={"verify_signature": False})
-    hs_input = f"{_b64({'alg': 'HS256', 'typ': 'JWT'})}.{payload}"
-    hs_sig = hmac.new(provider.public_pem.encode(), hs_input.encode(), hashlib.sha256).digest()
-    return {
-        "tampered": f"{header}.{_b64({**claims, 'sub': 'u-0', 'preferred_username': 'root'})}.{sig}",
-        "wrong key": provider.mint(key=new_key("ec")),
-        "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{payload}.",
-        "HS256 with the public key": f"{hs_input}.{base64.urlsafe_b64encode(hs_sig).rstrip(b'=').decode()}",
-        "RS256 against an EC key": provider.mint(key=new_key("rsa"), alg="RS256"),
-        "not a JWT": "hello",
-        "no exp": provider.mint(exp=None),
-    }
 
 
 @pytest.mark.parametrize("name, message", [
