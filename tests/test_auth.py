@@ -251,6 +251,17 @@ def test_timeout_waiting_for_the_browser(tmp_path, provider):
     assert not session_path(tmp_path).exists()
 
 
+def test_login_refuses_tokens_the_configured_key_did_not_sign(tmp_path, provider):
+    cfg = make_config(tmp_path, provider, public_key=public_pem(new_key("ec")))
+    err, page = run_login(new_auth(tmp_path, cfg))
+    assert isinstance(err, AuthError) and "signature does not match auth.public_key" in str(err)
+    assert page.status_code == 400 and not session_path(tmp_path).exists()
+    cfg = make_config(tmp_path, provider, public_key=public_pem(new_key("rsa")))
+    err, _ = run_login(new_auth(tmp_path, cfg))
+    assert isinstance(err, AuthError) and "signed with alg 'ES256' but auth.public_key (RSA 2048)" in str(err)
+    assert not session_path(tmp_path).exists()
+
+
 def test_failed_login_leaves_an_existing_session_alone(tmp_path, provider, logged_in):
     before = session_path(tmp_path).read_bytes()
     err, _ = run_login(new_auth(tmp_path, logged_in), approve=False)
