@@ -160,6 +160,7 @@ def test_expired_jwt_is_refreshed_before_use(tmp_path, provider, logged_in):
     assert new["jwt"] == token and new["oauth"]["refresh_token"] != old["oauth"]["refresh_token"]
     assert provider.valid_refresh_tokens() == {new["oauth"]["refresh_token"]}  # rotated
     assert new_auth(tmp_path, logged_in).current_token() == token  # the saved one is used now
+    assert authmod.current_token(logged_in, Session.load(session_path(tmp_path))) == token
     assert len(provider.token_requests) == 2
 
 

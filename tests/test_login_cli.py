@@ -279,6 +279,13 @@ def test_log_file_gets_output_and_debug_logs_but_no_tokens(home, provider, tmp_p
     assert session["jwt"] not in text and session["oauth"]["refresh_token"] not in text
     assert r.stdout not in ("", None) and r.stderr.count("\n") < 10  # the terminal stays quiet
 
+    # rotated at 10 MiB: a full log moves to nerd.log.1 and the next command starts a new one
+    with open(log, "r+b") as f:
+        f.truncate(10 << 20)
+    assert nerd(["login", "--status"], home).returncode == 8
+    assert (log.parent / "nerd.log.1").stat().st_size >= 10 << 20
+    assert log.stat().st_size < 4096 and "ERROR exit 8:" in log.read_text()
+
 
 def test_help_has_examples():
     for cmd in (["login"], ["logout"]):

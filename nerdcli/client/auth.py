@@ -499,3 +499,12 @@ class Auth:
             self.warn(f"{' and '.join(self.session.env)} are still set in the environment and keep being used")
         return {"logged_out": had, "revoked": revoked, "session_file": str(stored.path)}
 
+
+
+def current_token(config: Config, session: Session | None = None, *,
+                  warn: Callable[[str], None] | None = None) -> str:
+    """The JWT remote services get (e.g. the Slurm REST backend), refreshed first if it expired.
+
+    ``session`` defaults to ``~/.nerd/session.json`` with NERD_JWT / NERD_JWT_REFRESH_TOKEN on top.
+    """
+    return Auth(config, session or Session.load(warn=warn), warn=warn).current_token()
