@@ -218,9 +218,13 @@ def test_the_forged_hs256_token_would_pass_a_naive_verifier(provider):
         verify(token, load_public_key(provider.public_pem), source="t")
 
 
-def test_wrong_state_on_the_callback(tmp_path, provider):
+@pytest.mark.parametrize("forge", [
+    lambda loc: with_query(loc, state="forged"),
+    lambda loc: with_query(loc.split("?")[0], error="access_denied", state="forged"),  # a forged error too
+], ids=["code", "error"])
+def test_wrong_state_on_the_callback(tmp_path, provider, forge):
     cfg = make_config(tmp_path, provider)
-    err, page = run_login(new_auth(tmp_path, cfg), callback=lambda loc: with_query(loc, state="forged"))
+    err, page = run_login(new_auth(tmp_path, cfg), callback=forge)
     assert isinstance(err, AuthError) and "state does not match" in str(err)
     assert page.status_code == 400 and "state does not match" in page.text
     assert not session_path(tmp_path).exists() and provider.token_requests == []  # the code was never redeemed

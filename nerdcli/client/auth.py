@@ -22,6 +22,7 @@ import html
 import http.server
 import logging
 import secrets
+import socketserver
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -239,6 +240,11 @@ class _CallbackServer(http.server.HTTPServer):
                                   "close it, or set another port registered with the provider") from None
             raise ConfigError(f"auth.oauth_localserver {host}:{port}: cannot listen there ({e.strerror})") from None
 
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse DNS lookup of the host, which can hang on a dead resolver."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
     def wait(self, seconds: float) -> None:
         """Serve until the callback came (raising its error, if any) or ``seconds`` passed."""
         deadline = time.monotonic() + seconds
@@ -383,14 +389,14 @@ class Auth:
                                     state=state, code_challenge=s256(verifier), scope=self.cfg.scope)
 
             def finish(params: dict[str, str]) -> str | None:
+                if not hmac.compare_digest(params.get("state", ""), state):  # first: errors can be forged too
+                    raise AuthError("the login callback's state does not match this login (a stale browser tab or a "
+                                    "forged request) — run nerd login again")
                 if params.get("error"):
                     detail = f"{params['error']}: {params['error_description']}" if params.get(
                         "error_description") else params["error"]
                     what = "denied the login" if params["error"] == "access_denied" else "refused the login"
                     raise AuthError(f"the provider {what} ({detail}) — run nerd login again and approve access")
-                if not hmac.compare_digest(params.get("state", ""), state):
-                    raise AuthError("the login callback's state does not match this login (a stale browser tab or a "
-                                    "forged request) — run nerd login again")
                 if not params.get("code"):
                     raise AuthError("the login callback carried no authorization code — run nerd login again")
                 token = self._token_request(endpoints.token, {
