@@ -32,10 +32,10 @@ class App:
             _setup_logging(self._config, self.out.debug)
         return self._config
 
-    def session(self, *, env: bool = True) -> Session:
-        """The session file, with NERD_JWT / NERD_JWT_REFRESH_TOKEN on top unless ``env`` is false."""
+    def session(self) -> Session:
+        """The session file with NERD_JWT / NERD_JWT_REFRESH_TOKEN on top; a world-readable one is fixed (warned)."""
         self.config  # noqa: B018 - sets up the log file before anything is read
-        return Session.load(self.session_file, env=env, warn=self.out.warn)
+        return Session.load(self.session_file, warn=self.out.warn)
 
 
 def _setup_logging(cfg: Config, debug: bool) -> None:
