@@ -180,6 +180,16 @@ def test_revoked_refresh_token_means_login_again(tmp_path, provider, logged_in):
     assert session_path(tmp_path).read_bytes() == before
 
 
+def test_provider_down_while_refreshing(tmp_path, logged_in):
+    with Provider("ec") as other:  # a key pair whose server will be gone
+        cfg = make_config(tmp_path, other)
+        before = set_session_jwt(tmp_path, other.mint(lifetime=-120))
+        url = other.url
+    with pytest.raises(AuthError, match=f"auth server {url}: unreachable .* check auth.api_endpoint"):
+        new_auth(tmp_path, cfg).current_token()
+    assert session_path(tmp_path).read_bytes() == before
+
+
 def test_expired_without_refresh_token(tmp_path, provider, logged_in):
     p = session_path(tmp_path)
     p.write_text(json.dumps({"oauth": {}, "jwt": provider.mint(lifetime=-120)}))

@@ -287,6 +287,16 @@ def test_log_file_gets_output_and_debug_logs_but_no_tokens(home, provider, tmp_p
     assert log.stat().st_size < 4096 and "ERROR exit 8:" in log.read_text()
 
 
+def test_debug_logs_go_to_stderr_without_repeating_the_output(home, provider):
+    (home / "session.json").write_text(json.dumps({"oauth": {"refresh_token": provider.refresh_token()},
+                                                   "jwt": provider.mint(lifetime=-300)}))
+    os.chmod(home / "session.json", 0o600)
+    r = nerd(["--debug", "login", "--status"], home)
+    assert r.returncode == 0 and r.stdout.startswith("Logged in as alice")
+    assert "nerdcli.client.auth DEBUG JWT expired at" in r.stderr and "httpx INFO HTTP Request: POST" in r.stderr
+    assert "Logged in as" not in r.stderr and "nerd.output" not in r.stderr
+
+
 def test_help_has_examples():
     for cmd in (["login"], ["logout"]):
         r = subprocess.run([sys.executable, "-m", "nerdcli", *cmd, "--help"], capture_output=True, text=True)
