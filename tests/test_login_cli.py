@@ -108,7 +108,7 @@ def test_login_in_the_browser_then_status_and_logout(home, provider, tmp_path):
     assert st.returncode == 0, st.stderr
     lines = st.stdout.splitlines()
     assert lines[0] == f"Logged in as alice at {provider.url}"
-    assert lines[1].startswith("  token valid until ") and "(in 59 min)" in lines[1] or "(in 1 h 0 min)" in lines[1]
+    assert lines[1].startswith("  token valid until ") and ("(in 59 min)" in lines[1] or "(in 1 h 0 min)" in lines[1])
     assert lines[2:] == ["  refresh token: yes", f"  from: session {session}"]
 
     doc = json.loads(nerd(["login", "--status", "-o", "json"], home).stdout)
