@@ -74,16 +74,21 @@ def login_no_browser(home: Path, *args: str, env: dict | None = None, **browse_k
     """`nerd login --no-browser`: read the URL it prints, do the browser's part; (process result, last page)."""
     p = subprocess.Popen([sys.executable, "-m", "nerdcli", "login", "--no-browser", *args],
                          env=env_for(home, **(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    head = []
-    for line in p.stderr:
-        head.append(line)
-        if line.strip().startswith("http"):
-            break
-    else:
-        p.wait(10)
-        pytest.fail(f"no URL printed: {''.join(head)}")
-    page = browse(line.strip(), **browse_kw)
-    out, err = p.communicate(timeout=30)
+    try:
+        head = []
+        for line in p.stderr:
+            head.append(line)
+            if line.strip().startswith("http"):
+                break
+        else:
+            p.wait(10)
+            pytest.fail(f"no URL printed: {''.join(head)}")
+        page = browse(line.strip(), **browse_kw)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:  # a failed test never leaves a login waiting for 300 s
+            p.kill()
+            p.wait()
     return subprocess.CompletedProcess(p.args, p.returncode, out, "".join(head) + err), page
 
 
