@@ -35,6 +35,7 @@ def cli(ctx: click.Context, config_file: str | None, session_file: str | None, f
 
     \b
     Examples:
+      nerd login                               # once: a browser round trip
       nerd dataset upload ./genomes            # new snapshot of dataset "genomes"
       nerd dataset list --output json
       nerd dataset download genomes@3fa2 ./restore
@@ -43,9 +44,12 @@ def cli(ctx: click.Context, config_file: str | None, session_file: str | None, f
 
 
 def _register() -> None:
+    from .commands.auth import login, logout
     from .commands.dataset import dataset
 
     cli.add_command(dataset)
+    cli.add_command(login)
+    cli.add_command(logout)
 
 
 _register()
