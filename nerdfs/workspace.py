@@ -572,11 +572,12 @@ class Workspace:
                 node.link = fresh.link
         return node.link
 
-    def tree_of(self, ino: int, put_tree) -> tuple[str, int, int]:
+    def tree_of(self, ino: int, put_tree, chunk_seen=None) -> tuple[str, int, int]:
         """Store the trees under directory ``ino`` bottom-up; (tree id, files, bytes).
 
         Unexpanded directories are reused by id without being read. Files
-        must be flushed first (their chunk list is what gets committed).
+        must be flushed first (their chunk list is what gets committed);
+        ``chunk_seen(id)`` hears of every chunk of a file that was read.
         """
         node = self.get(ino)
         if node.tree is not None:
@@ -586,12 +587,15 @@ class Workspace:
         for _, name, child in list(self.entries(ino)):
             e = Entry(name=os.fsdecode(name), kind=DIR, mode=child.mode & 0o7777, mtime_ns=child.mtime_ns)
             if child.is_dir:
-                e.tree, f, s = self.tree_of(child.ino, put_tree)
+                e.tree, f, s = self.tree_of(child.ino, put_tree, chunk_seen)
                 files, size = files + f, size + s
             elif child.is_file:
                 if child.unflushed:
                     raise FsError(errno.EAGAIN)  # the caller flushes first
                 e.kind, e.size, e.chunks = FILE, child.size, list(child.chunks)
+                if chunk_seen is not None:
+                    for cid, _ in child.chunks:
+                        chunk_seen(cid)
                 files, size = files + 1, size + child.size
                 if child.nlink > 1:
                     e.link, e.nlink = self._link_id(child), child.nlink

@@ -518,3 +518,35 @@ def test_writers_wait_when_the_cache_is_full_of_unuploaded_data(tmp_path):
         assert (m.mnt / "ds" / "big").read_bytes() == data
         status = json.loads(nerdfs("status", str(m.mnt), "-o", "json", home=m.home).stdout)
         assert status["pending_chunks"] == 0 and status["cache_used"] <= 4 << 20
+
+
+def test_sync_while_a_writer_keeps_the_uploader_busy(mounts, tmp_path):
+    import threading
+
+    m = Mounted(tmp_path, f"file://{tmp_path / 'store'}")
+    m.mount("--cache-size", "16MiB")  # the writer fills the journal and waits for the uploader
+    (m.mnt / "busy").mkdir()
+    (m.mnt / "quiet").mkdir()
+    stop = threading.Event()
+
+    def write() -> None:  # keeps the upload journal busy until told to stop
+        deadline = time.monotonic() + 90
+        while not stop.is_set() and time.monotonic() < deadline:
+            with open(m.mnt / "busy" / "stream", "wb") as fh:
+                for _ in range(64):
+                    fh.write(os.urandom(1 << 20))
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        time.sleep(1)
+        (m.mnt / "quiet" / "note.txt").write_text("written before the sync")
+        snaps = m.sync()  # times out (and fails) if it waits for the busy writer to stop
+        assert writer.is_alive()
+    finally:
+        stop.set()
+        writer.join()
+        m.cleanup()
+    assert "quiet" in snaps["snapshots"]
+    again = mounts(name="mnt2", cache="cache2")
+    assert (again.mnt / "quiet" / "note.txt").read_text() == "written before the sync"
