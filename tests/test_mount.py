@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -155,6 +156,21 @@ def test_posix_basics(mounts):
     f.unlink()
     assert os.pread(fd, 100, 0) == b"hello!" and not f.exists()
     os.close(fd)
+    # a directory cannot move into itself, however deep; next to itself it can
+    (ds / "a" / "b" / "c").mkdir(parents=True)
+    with pytest.raises(OSError) as e:
+        os.rename(ds / "a", ds / "a" / "b" / "c" / "a")
+    assert e.value.errno == errno.EINVAL
+    os.rename(ds / "a" / "b" / "c", ds / "c")
+    os.rename(ds / "a", ds / "c" / "a")
+    assert (ds / "c" / "a" / "b").is_dir()
+    m.sync()
+    m.umount()
+    m.mount()  # directories that come back from a snapshot know their parents too
+    with pytest.raises(OSError) as e:
+        os.rename(ds / "c", ds / "c" / "a" / "b" / "c")
+    assert e.value.errno == errno.EINVAL
+    shutil.rmtree(ds / "c")
     # rename over an existing file is atomic and replaces it
     (ds / "x").write_text("x")
     (ds / "y").write_text("y")
