@@ -20,7 +20,40 @@ from typing import Callable
 from .chunker import Chunker
 
 CUT_AT = 8 << 20  # cut once the tail holds this much (two maximum-size chunks)
-BACKLOG = 24 << 20  # writers wait while the tail holds this much and a cut is running
+BACKLOG = 16 << 20  # writers wait while the tail holds this much and a cut is running
+
+
+class _Tail:
+    """Bytes not cut yet, kept as the pieces they were written in: appending copies nothing."""
+
+    def __init__(self, head: bytes = b"") -> None:
+        self._pieces: list[bytes | bytearray] = [head] if head else []
+        self._len = len(head)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def write(self, at: int, data: bytes) -> None:
+        if at > self._len:  # a hole: zeros
+            self._pieces.append(bytes(at - self._len))
+            self._len = at
+        if at == self._len:
+            self._pieces.append(data if isinstance(data, bytes) else bytes(data))  # never a view of a reused buffer
+            self._len += len(data)
+            return
+        whole = bytearray(self.take())  # rare: the kernel writes a page of the tail again
+        whole[at:at + len(data)] = data
+        self._pieces, self._len = [whole], len(whole)
+
+    def take(self) -> bytes | bytearray:
+        """All of it, contiguous, and empty afterwards."""
+        pieces, self._pieces, self._len = self._pieces, [], 0
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def prepend(self, data: bytes) -> None:
+        if data:
+            self._pieces.insert(0, data)
+            self._len += len(data)
 
 
 class Appender:
@@ -37,7 +70,7 @@ class Appender:
         self._done = 0  # bytes in self.chunks
         self._cutting = 0  # bytes being cut right now (they follow self.chunks)
         self._busy = False
-        self._tail = bytearray(head)
+        self._tail = _Tail(bytes(head))
         self._error: BaseException | None = None
         self.dirty = False  # the buffer protocol of Contents
         self.writes = 0
@@ -59,10 +92,7 @@ class Appender:
             start = self._done + self._cutting
             if offset < start:
                 raise ValueError("write before the tail: settle the file first")
-            at = offset - start
-            if at > len(self._tail):
-                self._tail.extend(bytes(at - len(self._tail)))
-            self._tail[at:at + len(data)] = data
+            self._tail.write(offset - start, data)
             self.writes += 1
             if not self._busy and len(self._tail) >= CUT_AT:
                 self._start_cut()
@@ -90,7 +120,7 @@ class Appender:
             while self._busy:
                 self._idle.wait()
             self._raise()
-            work, self._tail = self._tail, bytearray()
+            work = self._tail.take()
             self._cutting, self._busy = len(work), True
         pieces: list = []
         try:
@@ -110,16 +140,18 @@ class Appender:
         """The journaled chunks and the tail (to turn the file into a staging file)."""
         self.wait()
         with self._lock:
-            return list(self.chunks), bytes(self._tail)
+            tail = self._tail.take()
+            self._tail.prepend(tail)
+            return list(self.chunks), bytes(tail)
 
     # ------------------------------------------------------------------ cutting
 
     def _start_cut(self) -> None:  # under the lock
-        work, self._tail = self._tail, bytearray()
+        work = self._tail.take()
         self._cutting, self._busy = len(work), True
         self._executor.submit(self._cut, work)
 
-    def _cut(self, work: bytearray) -> None:
+    def _cut(self, work: bytes | bytearray) -> None:
         final: list = []
         try:
             final = list(self._chunker.cut(work))[:-1]
@@ -130,14 +162,14 @@ class Appender:
             return
         self._settle_cut(work, final, None)
 
-    def _settle_cut(self, work: bytearray, final: list, error: BaseException | None) -> None:
+    def _settle_cut(self, work: bytes | bytearray, final: list, error: BaseException | None) -> None:
         """Final pieces join the chunks; the rest of ``work`` goes back in front of the tail."""
         used = sum(p.length for p in final)
-        rest = bytes(work[used:])
+        rest = bytes(memoryview(work)[used:]) if used else work
         with self._lock:
             self.chunks += [(p.id, p.length) for p in final]
             self._done += used
-            self._tail = bytearray(rest) + self._tail
+            self._tail.prepend(rest)
             self._cutting, self._busy = 0, False
             self._error = self._error or error
             if error is None and len(self._tail) >= CUT_AT:
@@ -153,4 +185,4 @@ class Appender:
             self.wait()
         except BaseException:  # noqa: BLE001 - the file is being dropped anyway
             pass
-        self._tail = bytearray()
+        self._tail = _Tail()

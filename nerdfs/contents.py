@@ -17,12 +17,14 @@ except the small ``pwrite``/``pread`` calls on staging files.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 from .appender import Appender
 from .chunker import chunk_id
@@ -90,6 +92,10 @@ class _MemoryBuffer:
         self.data = bytearray()
 
 
+class WouldBlock(Exception):
+    """A call on the event loop would wait for a lock held by a worker thread: run it in a thread."""
+
+
 class Contents:
     def __init__(self, repo: Repository, ws: Workspace, journal: Journal, root: Path,
                  memory_chunks: int = 12, readahead: int = 4) -> None:
@@ -104,6 +110,7 @@ class Contents:
         self._refs: dict[int, int] = {}  # stage() calls not yet matched by unstage()
         self._lock = threading.Lock()
         self._inode_locks: dict[int, threading.Lock] = {}
+        self._loop_thread = threading.get_ident()  # made on the thread that runs the event loop
         self._recent: OrderedDict[str, bytes] = OrderedDict()  # a few chunks in memory for 128 KiB reads
         self._recent_max = memory_chunks
         # Sequential reads fetch the next chunks ahead, so the store's latency overlaps.
@@ -118,6 +125,22 @@ class Contents:
     def inode_lock(self, ino: int) -> threading.Lock:
         with self._lock:
             return self._inode_locks.setdefault(ino, threading.Lock())
+
+    @contextlib.contextmanager
+    def _locked(self, ino: int) -> Iterator[None]:
+        """The inode's lock. The event loop never waits for it: the thread holding it may itself
+        wait for the uploader, which runs on the loop. There it raises :class:`WouldBlock`, and
+        the caller runs the call in a thread instead."""
+        lock = self.inode_lock(ino)
+        if threading.get_ident() == self._loop_thread:
+            if not lock.acquire(blocking=False):
+                raise WouldBlock(ino)
+        else:
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------------ chunks
 
@@ -209,7 +232,7 @@ class Contents:
 
     def settle(self, ino: int) -> None:
         """A streaming file becomes a staging file: its journaled chunks and its tail, on disk."""
-        with self.inode_lock(ino):
+        with self._locked(ino):
             with self._lock:
                 buf = self._bufs.get(ino)
             if not isinstance(buf, Appender):
@@ -284,7 +307,7 @@ class Contents:
 
     def _spill(self, ino: int, mem: _MemoryBuffer) -> _Buffer | Appender:
         """A small file grew: its memory buffer becomes an appender (or a staging file)."""
-        with self.inode_lock(ino):
+        with self._locked(ino):
             with self._lock:
                 stream = self._appenders < MAX_APPENDERS
                 if stream:
@@ -312,7 +335,7 @@ class Contents:
 
         ``empty``: the caller truncates the file next, so its old content is not read.
         """
-        with self.inode_lock(ino):
+        with self._locked(ino):
             with self._lock:
                 if ino in self._bufs:
                     self._refs[ino] += 1
@@ -349,7 +372,7 @@ class Contents:
 
     def unstage(self, ino: int) -> None:
         """Drop one user of the staging buffer; the last one closes it (and deletes it once flushed)."""
-        with self.inode_lock(ino):
+        with self._locked(ino):
             with self._lock:
                 if self._refs.get(ino, 0) > 1:
                     self._refs[ino] -= 1
@@ -374,7 +397,7 @@ class Contents:
 
     def flush(self, ino: int, durable: bool = False) -> Inode:
         """Cut the staging buffer into chunks and journal the new ones; the updated inode."""
-        with self.inode_lock(ino):
+        with self._locked(ino):
             with self._lock:
                 buf = self._bufs.get(ino)
             seen = buf.writes if buf is not None else 0

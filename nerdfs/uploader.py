@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import trio
 
@@ -156,6 +157,12 @@ class Uploader:
         self.last_error: str | None = None
         self.uploaded_bytes = 0
         self._rate_window: list[tuple[float, int]] = []
+        self._busy = False
+        # While the filesystem is busy with requests, uploading at full width would take the GIL
+        # from it (boto3 is mostly Python): upload one chunk at a time then, unless someone waits
+        # for the uploads (``urgent``) or the journal fills up. Lazy upload, as designed.
+        self.fs_busy: Callable[[], bool] = lambda: False
+        self.urgent = 0
 
     @property
     def rate(self) -> float:
@@ -186,12 +193,18 @@ class Uploader:
         task_status.started()
         delay = 0.5
         while True:
-            ids = self.journal.ids(self.concurrency * 4)
+            full = self.urgent or self.journal.pending_bytes > self.journal.limit // 4 or not self.fs_busy()
+            self.limiter.total_tokens = self.concurrency if full else 1
+            ids = self.journal.ids(self.concurrency * 4 if full else 2)
             if not ids:
+                if self._busy:  # a burst is over: give the buffers it left in the heap back to the system
+                    self._busy = False
+                    _libc.malloc_trim(0)
                 self.journal.changed.clear()
                 # Wake on new work (set from writer threads) without busy waiting.
                 await trio.to_thread.run_sync(self.journal.changed.wait, 1.0, abandon_on_cancel=True)
                 continue
+            self._busy = True
             failures: list[BaseException] = []
 
             async def one(cid: str) -> None:

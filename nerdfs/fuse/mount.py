@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import signal
+import time
 
 import pyfuse3
 import trio
@@ -55,6 +56,7 @@ class Mount:
         self.uploader = Uploader(self.journal, concurrency=options.threads)
         self.ops = Operations(self.ws, self.contents, str(self.cache_dir), read_only=options.read_only,
                               snapshots=SnapshotView(self.repo, self.ws.uid, self.ws.gid))
+        self.uploader.fs_busy = lambda: time.monotonic() - self.ops.last_request < 0.2
         self.commit_lock = trio.Lock()
         self.last_commit: dict[str, str] = {}
         self.last_error: str | None = None
@@ -186,12 +188,16 @@ class Mount:
 
         tree, files, size = await trio.to_thread.run_sync(
             lambda: self.ws.tree_of(ino, lambda t: self.repo.put_tree(t)[0], seen))
-        while waiting:
-            waiting = {c for c in waiting if self.journal.has(c)}
-            if waiting:
-                if progress:
-                    await progress({"pending_chunks": len(waiting), "pending_bytes": self.journal.pending_bytes})
-                await trio.sleep(0.1)
+        self.uploader.urgent += 1
+        try:
+            while waiting:
+                waiting = {c for c in waiting if self.journal.has(c)}
+                if waiting:
+                    if progress:
+                        await progress({"pending_chunks": len(waiting), "pending_bytes": self.journal.pending_bytes})
+                    await trio.sleep(0.1)
+        finally:
+            self.uploader.urgent -= 1
         return await trio.to_thread.run_sync(self._snapshot, name, ino, tree, files, size)
 
     def _snapshot(self, name: str, ino: int, tree: str, files: int, size: int) -> str:
@@ -261,6 +267,7 @@ class Mount:
             snaps = {}
             if self.wait_on_exit:
                 snaps = await self.commit(None, send_progress)
+                self.uploader.urgent += 1  # never undone: the mount is going away
                 while len(self.journal):  # also what no snapshot names (overwritten since): nothing left over
                     await send_progress({"pending_chunks": len(self.journal),
                                          "pending_bytes": self.journal.pending_bytes})

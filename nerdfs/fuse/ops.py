@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from ..contents import Contents
+from ..contents import Contents, WouldBlock
 from ..datasets import NAME_RE
 from ..errors import IntegrityError, NerdError
 from ..workspace import ROOT, FsError, Inode, Workspace
@@ -46,6 +46,7 @@ def _errors(fn):
     """Map our errors to errnos: FsError as is, integrity problems as EIO, store trouble as EIO."""
 
     async def wrapper(self, *args, **kwargs):
+        self.last_request = time.monotonic()
         try:
             return await fn(self, *args, **kwargs)
         except FsError as e:
@@ -85,7 +86,8 @@ class Operations(pyfuse3.Operations):
         self.lookups: dict[int, int] = {}
         self.opened: dict[int, _Open] = {}
         self._handles: dict[int, list] = {}
-        self._settling: dict[int, trio.Event] = {}  # streaming files becoming staging files  # fh -> [ino, writable, staged, clean inode for reads]
+        self._settling: dict[int, trio.Event] = {}
+        self.last_request = 0.0  # monotonic time of the latest request (the uploader yields to them)  # streaming files becoming staging files  # fh -> [ino, writable, staged, clean inode for reads]
         self._next_fh = 1
 
     # ------------------------------------------------------------------ helpers
@@ -101,7 +103,7 @@ class Operations(pyfuse3.Operations):
         a.st_atime_ns = node.atime_ns
         a.st_mtime_ns = st.mtime_ns if st and st.mtime_ns is not None else node.mtime_ns
         a.st_ctime_ns = node.ctime_ns
-        a.st_blksize = 128 * 1024
+        a.st_blksize = 1 << 20  # cp and friends size their writes by it: 1 MiB requests cost less
         a.st_blocks = (a.st_size + 511) // 512
         a.attr_timeout = a.entry_timeout = _TIMEOUT
         a.generation = 0
@@ -119,7 +121,10 @@ class Operations(pyfuse3.Operations):
         """Run ``fn`` in a worker thread, or inline when ``cheap``: a thread hop costs more than a
         short LMDB transaction, and small-file workloads are made of those."""
         if cheap:
-            return fn(*args)
+            try:
+                return fn(*args)
+            except WouldBlock:  # a worker thread holds the file: wait for it off the loop
+                pass
         return await trio.to_thread.run_sync(fn, *args)
 
     def _expanded(self, *inodes: int) -> bool:
@@ -190,7 +195,7 @@ class Operations(pyfuse3.Operations):
             try:
                 await self._prepare_write(fh, False)
                 await self._settle(inode)
-                self.contents.truncate(inode, attr.st_size)
+                await self._call(self.contents.truncate, inode, attr.st_size, cheap=True)
                 st = self.opened[inode]
                 st.size, st.mtime_ns = attr.st_size, now
                 st.written = True
@@ -395,7 +400,7 @@ class Operations(pyfuse3.Operations):
             st.size = self.ws.get(ino).size
         if truncate:
             await self._settle(ino)
-            self.contents.truncate(ino, 0)
+            await self._call(self.contents.truncate, ino, 0, cheap=True)
             st.size, st.mtime_ns, st.written = 0, time.time_ns(), True
             self.contents.mark_unflushed(ino)
 
@@ -440,7 +445,7 @@ class Operations(pyfuse3.Operations):
         if node.staged or self.contents.in_memory(ino):
             await self._stage(fh)
             await self._settle(ino)
-            return self.contents.pread(ino, size, off)
+            return await self._call(self.contents.pread, ino, size, off, cheap=True)
         return await trio.to_thread.run_sync(self.contents.read_chunks, node, off, size)
 
     @_errors
@@ -449,7 +454,7 @@ class Operations(pyfuse3.Operations):
         if not writable:
             raise FsError(errno.EBADF)
         await self._settle(ino, off)
-        n = self.contents.pwrite(ino, buf, off)
+        n = await self._call(self.contents.pwrite, ino, buf, off, cheap=True)
         if self.contents.backlogged(ino):  # the writer outruns the chunker: wait for it, off the loop
             await trio.to_thread.run_sync(self.contents.catch_up, ino)
         st = self.opened[ino]
