@@ -167,6 +167,7 @@ class TaskControl:
         self.cancelled = threading.Event()
         self._kill: Callable[[], None] | None = None
         self._lock = threading.Lock()
+        self.handle: str | None = None  # "pid:<pgid>" or "<runtime>:<container>": what to kill if the worker dies
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -326,6 +327,7 @@ def _run_process(spec: JobSpec, index: int, job_id: str, work: Path, sources: li
     except OSError as e:
         return Attempt(CANNOT_EXEC_EXIT, f"command {argv[0]} cannot be run: {e.strerror}")
     kill = _kill_group(proc)
+    control_.handle = f"pid:{proc.pid}"
     control_._arm(kill)
     try:
         code, timed_out = _wait(proc, spec.time_limit, kill)
@@ -392,6 +394,7 @@ def _run_container(spec: JobSpec, index: int, job_id: str, work: Path, sources: 
 
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    control_.handle = f"{rt}:{name}"
     control_._arm(kill)
     try:
         code, timed_out = _wait(proc, spec.time_limit, kill)
@@ -413,6 +416,20 @@ def _run_container(spec: JobSpec, index: int, job_id: str, work: Path, sources: 
     elif code == 126 and not result.cancelled:
         result.error = f"command cannot be run in image {spec.image}: {(spec.command or ['(default)'])[0]}"
     return result
+
+
+def kill_handle(handle: str | None) -> None:
+    """Kill what a :attr:`TaskControl.handle` names (a task left behind by a worker that died)."""
+    if not handle:
+        return
+    kind, _, what = handle.partition(":")
+    if kind == "pid":
+        try:
+            os.killpg(int(what), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass
+    elif kind in ("podman", "docker") and shutil.which(kind):
+        subprocess.run([kind, "rm", "-f", what], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def logf_path(logf) -> Path:
@@ -625,4 +642,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["run_task", "finalize", "finalize_if_done", "all_final", "Context", "TaskControl", "stage_input",
-           "nerdfs_mounts", "mount_of", "cancelled_record", "container_argv", "task_env"]
+           "nerdfs_mounts", "mount_of", "kill_handle", "cancelled_record", "container_argv", "task_env"]
