@@ -7,7 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(rsync git sqlite3)  # real programs the mount tests run inside the mount
+APT_PACKAGES=(
+  rsync git sqlite3  # real programs the mount tests run inside the mount
+  podman runc busybox-static debootstrap  # containers; test images are built locally (tests/infra/podman.py)
+  slurmctld slurmd slurm-client munge slurmrestd slurm-wlm-jwt-plugin  # a single-node Slurm (tests/infra/slurm.py)
+)
 source scripts/venv.sh test
 .venv/bin/ruff check --quiet --select F,E9 nerdfs nerdcli scripts tests
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

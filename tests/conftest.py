@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from seaweed import SeaweedFS  # noqa: E402
+from infra.fixtures import podman, python_base_image, slurm, slurm_env  # noqa: E402,F401
 
 from nerdfs.store import S3Options  # noqa: E402
 
