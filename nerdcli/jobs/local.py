@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -34,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from nerdfs import Conflict, NerdError, NotFound
+from nerdfs import Conflict, NerdError, NotFound, UsageError
 
 from .model import CANCELLED, FAILED, PENDING, RUNNING, JobDir, JobSpec, jobs_dir, read_json
 
@@ -195,6 +196,23 @@ class Queue:
                  "task": r[6], "tasks_done": r[7], "auto": bool(r[8])} for r in rows]
 
 
+def check_image(spec: JobSpec) -> None:
+    """Refuse a job whose container runtime or image is missing here, before any task is queued."""
+    rt = spec.runtime
+    if rt == "process":
+        return
+    if shutil.which(rt) is None:
+        raise UsageError(f"container runtime {rt} is not installed — install it or use --runtime process")
+    r = subprocess.run([rt, "image", "inspect", "--format", "{{.Id}}", spec.image], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0 and "daemon" in r.stderr.lower():
+        raise UsageError(f"{rt} does not answer ({r.stderr.strip().splitlines()[-1]}) — start it, or use another "
+                         "--runtime")
+    if r.returncode != 0:
+        raise NotFound(f"image {spec.image} is not in {rt}'s local images — build, load or pull it first "
+                       f"(nerd never pulls): {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}".rstrip(": "))
+
+
 def _alive(w: dict) -> bool:
     if w["host"] != socket.gethostname():
         return time.time() - w["heartbeat"] < DEAD_AFTER
@@ -229,6 +247,7 @@ class LocalBackend:
         return self._queue
 
     def submit(self, job_dir: Path, spec: JobSpec) -> dict:
+        check_image(spec)
         self.queue.add_job(Path(job_dir), spec)
         self.ensure_workers()
         return {"queue": str(self.queue.path)}

@@ -228,6 +228,7 @@ def stage_input(ctx: Context, spec: JobSpec, inp: InputSpec) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
         try:
             Restorer(repo, threads=ctx.config.datasets.threads).restore(tree, tmp, force=True)
+            os.chmod(tmp, 0o755)  # mkdtemp made it private; containers may run as another user
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
