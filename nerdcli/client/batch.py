@@ -144,19 +144,29 @@ def cancel(job_id: str, config=None, wait: float = 30.0) -> Job:
     return job
 
 
-def wait(job_id: str, timeout: float | None = None, config=None, poll: float = 0.2) -> Job:
-    """Block until the job has finished (and its outputs are committed); TimeoutError after ``timeout`` s."""
+def wait(job_id: str, timeout: float | None = None, config=None, poll: float = 0.5) -> Job:
+    """Block until the job has finished (and its outputs are committed); TimeoutError after ``timeout`` s.
+
+    Watches only for result.json (cheap), asking the backend to refresh every
+    ``poll`` s: reading every task record per poll slowed 1,000-task jobs down.
+    """
     jd = JobDir.find(job_id)
+    backend = _backend_for(jd, jd.job(), config)
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        job = status(jd, config=config)
-        if job.done:
-            return job
-        if deadline is not None and time.monotonic() >= deadline:
+    result_path = jd.path / "result.json"
+    delay, last_refresh = 0.01, 0.0
+    while not result_path.exists():
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            job = status(jd, config=config)
             raise TimeoutError(f"job {jd.id} still {job.state} after {timeout:g} s")
+        if now - last_refresh >= poll:
+            backend.refresh(jd.path)
+            last_refresh = time.monotonic()
+            continue
         time.sleep(delay)
-        delay = min(delay * 1.5, poll)
+        delay = min(delay * 1.5, 0.1)
+    return status(jd, config=config)
 
 
 def logs(job_id: str, task: int | None = None, follow: bool = False, poll: float = 0.3) -> Iterator[str]:
@@ -165,6 +175,7 @@ def logs(job_id: str, task: int | None = None, follow: bool = False, poll: float
     spec = jd.spec()
     if task is not None and not 0 <= task < spec.tasks:
         raise NotFound(f"job {jd.id} has no task {task} (it has {spec.tasks}: 0-{spec.tasks - 1})")
+    backend = _backend_for(jd, jd.job())
     indices = [task] if task is not None else list(range(spec.tasks))
     offsets = {i: 0 for i in indices}
     while True:
@@ -177,8 +188,7 @@ def logs(job_id: str, task: int | None = None, follow: bool = False, poll: float
                 yield text if task is not None else "".join(f"[{i}] {ln}\n" for ln in text.splitlines())
         if not follow or finished:
             return
-        if not finished:
-            status(jd)  # lets the backend notice dead workers / finished jobs
+        backend.refresh(jd.path)  # lets the backend notice dead workers and finish the job
         time.sleep(poll)
 
 

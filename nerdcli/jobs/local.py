@@ -13,8 +13,8 @@ are re-queued (their left-behind processes or containers killed) and run
 again. Cancellation sets a flag the running task's worker sees within half a
 second and kills the task (its process group, or its container).
 
-Workers start on demand (``nerd run`` starts as many as there are cores and
-waiting tasks; they exit after two idle minutes) or with ``nerd worker start``.
+Workers start on demand (``nerd run`` starts two per core, at most one per
+waiting task; they exit after two idle minutes) or with ``nerd worker start``.
 Run one by hand with ``python -m nerdcli.jobs.local worker``.
 """
 
@@ -196,6 +196,17 @@ class Queue:
                  "task": r[6], "tasks_done": r[7], "auto": bool(r[8])} for r in rows]
 
 
+def auto_workers() -> int:
+    """How many workers ``nerd run`` keeps: two per core (NERD_WORKERS overrides).
+
+    Short tasks spend much of their time waiting (process start, fsync of their
+    outputs in the store): two per core kept both cores busy (1,000 tasks: 3.2 s
+    with 2 workers, 2.2 s with 4, on 2 cores).
+    """
+    env = os.environ.get("NERD_WORKERS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else 2 * (os.cpu_count() or 1)
+
+
 def check_image(spec: JobSpec) -> None:
     """Refuse a job whose container runtime or image is missing here, before any task is queued."""
     rt = spec.runtime
@@ -370,7 +381,7 @@ class LocalBackend:
                 pending = remaining - running
                 runnable += min(pending, max(0, parallel - running)) if parallel else pending
                 runnable += running
-            want = min(os.cpu_count() or 1, runnable)
+            want = min(auto_workers(), runnable)
         live = [w for w in self.queue.workers() if w["host"] == socket.gethostname()]
         return [self.start_worker(auto=True) for _ in range(want - len(live))]
 

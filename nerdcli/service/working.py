@@ -441,6 +441,19 @@ def work_root() -> Path:
     return Path(os.environ.get("NERD_WORK_DIR") or tempfile.gettempdir())
 
 
+def _fresh_work_dir() -> Path:
+    """An empty work directory at a path this process/thread reuses for every task.
+
+    A stable path keeps the index's scan cache (one entry per uploaded file
+    path) from growing by one entry per output file of every task ever run.
+    """
+    work = work_root() / f"nerd-work-{os.getpid()}-{threading.get_ident() % 1_000_000}"
+    if work.exists() or work.is_symlink():
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(mode=0o755)
+    return work
+
+
 def _upload_outputs(ctx: Context, spec: JobSpec, outs: dict[str, Path]) -> dict[str, str]:
     """Each non-empty output directory → its tree id in the store (deduplicated, not committed)."""
     trees = {}
@@ -480,7 +493,7 @@ def run_task(job_dir: str | os.PathLike, index: int, *, ctx: Context | None = No
                 if attempt > 1:
                     logf.write(f"nerd: attempt {attempt} of {spec.retries + 1}\n".encode())
                     logf.flush()
-                work = Path(tempfile.mkdtemp(prefix=f"nerd-{jd.id}-{index}-", dir=work_root()))
+                work = _fresh_work_dir()
                 try:
                     args = spec.task_args[index]
                     if spec.runtime == "process":
