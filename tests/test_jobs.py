@@ -280,7 +280,7 @@ def test_workers_start_list_stop_and_job_list(nerd):
     jobs = nerd.json("job", "list")["jobs"]
     assert jobs[0]["id"] == job and jobs[0]["state"] == "succeeded"
     stopped = nerd.json("worker", "stop")["stopped"]
-    assert sorted(stopped) == sorted(started)
+    assert set(started) <= set(stopped)  # (nerd run may have added one: up to one worker per waiting task)
     assert nerd.json("worker", "list")["workers"] == []
     assert all(wait_gone(pid) for pid in started)
 
