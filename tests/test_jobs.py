@@ -356,3 +356,25 @@ def test_podman_unknown_image_oom_and_cancel_kills_the_container(podman, nerd, t
     doc = nerd.json("job", "cancel", job)
     assert doc["state"] == "cancelled"
     assert podman.run("container", "exists", name, check=False).returncode != 0
+
+
+def test_jobs_on_an_s3_store(seaweed, s3_url, tmp_path):
+    """Inputs, task outputs and the commit go through S3 (credentials from config.json reach the workers)."""
+    from seaweed import ACCESS_KEY, SECRET_KEY
+
+    n = Nerd(tmp_path, store=s3_url)
+    n.home.mkdir(parents=True)
+    (n.home / "config.json").write_text(json.dumps({"datasets": {"s3": {
+        "endpoint_url": seaweed.endpoint, "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}}}))
+    src = tmp_path / "params"
+    src.mkdir()
+    (src / "p.txt").write_text("7\n")
+    try:
+        doc = n.json("run", "--runtime", "process", "--input", f"{src}:/p", "--output", "s3res:/o", "--array", "3",
+                     "--wait", "sh", "--", "-c", 'echo $(( $(cat "$NERD_INPUT/p.txt") * NERD_TASK_INDEX )) '
+                                             '> "$NERD_OUTPUT/v"')
+        assert doc["state"] == "succeeded", doc
+        out = download(n, "s3res", tmp_path / "out")
+        assert [(out / f"task-{i}" / "v").read_text() for i in range(3)] == ["0\n", "7\n", "14\n"]
+    finally:
+        n.stop()

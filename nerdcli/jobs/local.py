@@ -273,16 +273,22 @@ class LocalBackend:
             return
         state, remaining, _running = row
         if remaining <= 0:
-            self._finalize(jd)  # idempotent: finishes a finalize whose worker died
+            self._finalize(jd, raise_errors=True)  # idempotent: finishes a finalize that failed or whose worker died
         elif state in ("active", "cancelling"):
             self.ensure_workers()
 
-    def _finalize(self, jd: JobDir, ctx=None) -> dict | None:
+    def _finalize(self, jd: JobDir, ctx=None, raise_errors: bool = False) -> dict | None:
+        """Commit the job's outputs. A worker logs a failure and goes on (the job stays 'finalizing');
+        the next ``nerd job status|wait`` retries and reports the error to the user."""
         from ..service import working
 
         try:
             result = working.finalize(jd.path, ctx=ctx)
-        except NerdError as e:
+        except Exception as e:  # noqa: BLE001 - a worker must survive a store that is down
+            if raise_errors:
+                if isinstance(e, NerdError):
+                    raise type(e)(f"job {jd.id}: every task ended, but committing its outputs failed: {e}") from None
+                raise
             log.warning("job %s: finalize failed: %s", jd.id, e)
             return None
         self.queue.finished(jd.id)
@@ -493,24 +499,29 @@ class Worker:
                 jid, jdir, idx = claim
                 self.control = working.TaskControl()
                 self.current = (jid, idx)
+                spec = None
                 try:
                     spec = self._specs.get(jid) or self._specs.setdefault(jid, JobDir(jdir).spec())
                     rec = working.run_task(jdir, idx, ctx=self.ctx, control_=self.control, spec=spec)
                 except Exception as e:  # noqa: BLE001 - a broken job must not kill the worker
                     log.exception("task %d of job %s", idx, jid)
                     rec = working.cancelled_record(idx, f"internal error running the task: {e}", FAILED, 1)
-                    JobDir(jdir).write_task(rec)
+                    try:
+                        JobDir(jdir).write_task(rec)
+                    except OSError:
+                        pass  # its job directory is gone: only the queue remembers it
                 self.current = None
                 if self.requeue and rec.state == CANCELLED:
                     self._put_back(jid, idx)
                     break
-                if rec.state == FAILED and spec.fail_fast:
+                if rec.state == FAILED and spec is not None and spec.fail_fast:
                     try:
                         self.backend.cancel(Path(jdir))
                     except NerdError:
                         pass
                 if self.queue.complete(self.id, jid, idx, rec.state):
                     self.backend._finalize(JobDir(jdir), ctx=self.ctx)
+                    self._specs.pop(jid, None)
                 idle_since = time.monotonic()
         finally:
             self.stopping.set()
