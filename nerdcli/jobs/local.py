@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from nerdfs import Conflict, NerdError, NotFound, UsageError
+from nerdfs import ConfigError, Conflict, IntegrityError, NerdError, NotFound, StoreError, UsageError
 
 from .model import CANCELLED, FAILED, PENDING, RUNNING, JobDir, JobSpec, jobs_dir, read_json
 
@@ -196,6 +196,9 @@ class Queue:
                  "task": r[6], "tasks_done": r[7], "auto": bool(r[8])} for r in rows]
 
 
+_BASE_ERRORS = (UsageError, ConfigError, NotFound, Conflict, StoreError, IntegrityError)
+
+
 def auto_workers() -> int:
     """How many workers ``nerd run`` keeps: two per core (NERD_WORKERS overrides).
 
@@ -287,7 +290,8 @@ class LocalBackend:
         except Exception as e:  # noqa: BLE001 - a worker must survive a store that is down
             if raise_errors:
                 if isinstance(e, NerdError):
-                    raise type(e)(f"job {jd.id}: every task ended, but committing its outputs failed: {e}") from None
+                    kind = next(k for k in (*_BASE_ERRORS, NerdError) if isinstance(e, k))
+                    raise kind(f"job {jd.id}: every task ended, but committing its outputs failed: {e}") from None
                 raise
             log.warning("job %s: finalize failed: %s", jd.id, e)
             return None
