@@ -311,6 +311,8 @@ def test_mount_to_podman_job_to_mount_end_to_end(podman, tmp_path):
         assert doc["state"] == "succeeded", doc
         [inp] = doc["inputs"]
         assert inp["dataset"] == "ds" and inp["path"] == "sub"
+        cache = n.home / "jobs" / "cache"
+        assert not cache.exists() or not os.listdir(cache)  # read from MNT/.snapshots, nothing restored
         sid = doc["outputs"]["res"]
         # the mount shows the new snapshot straight from the store ...
         view = m.mnt / ".snapshots" / "res" / sid

@@ -287,6 +287,17 @@ def _wait(proc: subprocess.Popen, limit: int | None, kill: Callable[[], None]) -
         return proc.wait(), True
 
 
+_HOST_ENV: dict[str, str] | None = None
+
+
+def _host_env() -> dict[str, str]:
+    """This process's environment, copied once (os.environ decodes every variable on each copy)."""
+    global _HOST_ENV
+    if _HOST_ENV is None:
+        _HOST_ENV = dict(os.environ)
+    return _HOST_ENV
+
+
 def _kill_group(proc: subprocess.Popen) -> Callable[[], None]:
     def kill() -> None:
         try:
@@ -308,7 +319,7 @@ def _run_process(spec: JobSpec, index: int, job_id: str, work: Path, sources: li
         p = work / _rel(o.dest)
         p.mkdir(parents=True, exist_ok=True)
         outs[o.dataset] = p
-    env = {**os.environ, **task_env(spec, index, job_id, ins, [str(p) for p in outs.values()]),
+    env = {**_host_env(), **task_env(spec, index, job_id, ins, [str(p) for p in outs.values()]),
            "NERD_WORK_DIR": str(work)}
     argv = [spec.image, *spec.command, *args] if spec.image else [*spec.command, *args]
     preexec = None
