@@ -102,12 +102,11 @@ def job_demo(work: Path, source: str, env: dict, mnt: Path | None = None) -> boo
     finally:
         subprocess.run([*NERD, "worker", "stop"], env=env, stdout=subprocess.DEVNULL)
     sid = job["outputs"].get("note-lines", "")
-    where = (f"{mnt}/.snapshots/note-lines/{sid}/task-<i>/lines (and {mnt}/note-lines/ once the mount refreshes)"
-             if mnt else f"`nerd dataset download note-lines DIR` (snapshot {sid[:12]})")
+    where = (f"{mnt}/note-lines/task-<i>/lines" if mnt
+             else f"`nerd dataset download note-lines DIR` (snapshot {sid[:12]})")
     total = 0
-    if mnt and sid:
-        total = sum(int((mnt / ".snapshots" / "note-lines" / sid / f"task-{i}" / "lines").read_text())
-                    for i in range(4))
+    if mnt and sid:  # the job's finalize told the mount to show the new snapshot
+        total = sum(int((mnt / "note-lines" / f"task-{i}" / "lines").read_text()) for i in range(4))
     inp = job["inputs"][0]
     print(f"job: {job['job']} on {inp['dataset']}@{inp['snapshot'][:12]}/{inp['path']}: {job['state']}, "
           f"{job['counts'].get('succeeded', 0)}/{job['tasks']} tasks; output note-lines@{sid[:12]} at {where}"
