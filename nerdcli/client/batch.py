@@ -78,45 +78,49 @@ def submit(spec: JobSpec, config=None, *, endpoint: str | None = None, job_id: s
 
 
 def status(jd: JobDir, *, refresh: bool = True, config=None) -> Job:
+    """The job's state from its directory (a finished job: from result.json alone, without reading every task)."""
     doc = jd.job()
     spec = JobSpec.from_dict(doc["spec"])
     backend = None
     if refresh and jd.result() is None:
         backend = _backend_for(jd, doc, config)
         backend.refresh(jd.path)
-    records = jd.tasks()
     result = jd.result()
-    counts: dict[str, int] = {}
-    for r in records.values():
-        counts[r.state] = counts.get(r.state, 0) + 1
-    live: dict[int, str] = {}
-    if result is None:
-        backend = backend or _backend_for(jd, doc, config)
-        states = getattr(backend, "task_states", None)
-        live = {i: s for i, s in (states(jd.path) if states else {}).items() if i not in records}
-    for s in live.values():
-        counts[s] = counts.get(s, 0) + 1
-    unknown = spec.tasks - len(records) - len(live)
-    if unknown > 0:
-        counts[PENDING] = counts.get(PENDING, 0) + unknown
-    if result is not None:
+    if result is not None and "failed" in result:
+        counts, failed = dict(result.get("tasks", {})), list(result["failed"])
         state, code = result["state"], result["exit_code"]
     else:
-        state, code = job_state(records, spec.tasks)
-        if state in FINAL_STATES:
-            state, code = RUNNING, None  # every task ended; the commit of the outputs is under way
-        elif counts.get(RUNNING) or records:
-            state = RUNNING
-    failed = sorted((r for r in records.values() if r.state == "failed"), key=lambda r: (r.ended or "", r.index))
+        records = jd.tasks()
+        counts = {}
+        for r in records.values():
+            counts[r.state] = counts.get(r.state, 0) + 1
+        live: dict[int, str] = {}
+        if result is None:
+            backend = backend or _backend_for(jd, doc, config)
+            states = getattr(backend, "task_states", None)
+            live = {i: s for i, s in (states(jd.path) if states else {}).items() if i not in records}
+        for s in live.values():
+            counts[s] = counts.get(s, 0) + 1
+        unknown = spec.tasks - len(records) - len(live)
+        if unknown > 0:
+            counts[PENDING] = counts.get(PENDING, 0) + unknown
+        if result is not None:
+            state, code = result["state"], result["exit_code"]
+        else:
+            state, code = job_state(records, spec.tasks)
+            if state in FINAL_STATES:
+                state, code = RUNNING, None  # every task ended; the commit of the outputs is under way
+            elif counts.get(RUNNING) or records:
+                state = RUNNING
+        bad = sorted((r for r in records.values() if r.state == "failed"), key=lambda r: (r.ended or "", r.index))
+        failed = [{"index": r.index, "exit_code": r.exit_code, "error": r.error} for r in bad[:10]]
     return Job(id=jd.id, name=spec.name, state=state, exit_code=code, tasks=spec.tasks,
                counts=dict(sorted(counts.items())), backend=doc.get("backend", "local"),
                submitted=doc.get("submitted", ""), finished=(result or {}).get("finished"), image=spec.image,
                runtime=spec.runtime,
                inputs=[{"dataset": i.dataset, "snapshot": i.snapshot, "path": i.path, "dest": i.dest}
                        for i in spec.inputs],
-               outputs=(result or {}).get("outputs", {}),
-               failed=[{"index": r.index, "exit_code": r.exit_code, "error": r.error} for r in failed[:10]],
-               dir=str(jd.path))
+               outputs=(result or {}).get("outputs", {}), failed=failed, dir=str(jd.path))
 
 
 def get(job_id: str, config=None) -> Job:

@@ -583,7 +583,9 @@ def finalize(job_dir: str | os.PathLike, *, ctx: Context | None = None) -> dict:
             counts: dict[str, int] = {}
             for r in records.values():
                 counts[r.state] = counts.get(r.state, 0) + 1
+            failed = sorted((r for r in records.values() if r.state == FAILED), key=lambda r: (r.ended or "", r.index))
             result = {"state": state, "exit_code": code, "outputs": outputs, "tasks": counts,
+                      "failed": [{"index": r.index, "exit_code": r.exit_code, "error": r.error} for r in failed[:10]],
                       "finished": now_iso()}
             jd.write_result(result)
             _refresh_mounts(ctx, spec)
