@@ -374,3 +374,25 @@ def test_jobs_on_an_s3_store(seaweed, s3_url, tmp_path):
         assert [(out / f"task-{i}" / "v").read_text() for i in range(3)] == ["0\n", "7\n", "14\n"]
     finally:
         n.stop()
+
+
+def test_a_worker_dying_at_start_is_reported_not_waited_for(tmp_path, monkeypatch):
+    from nerdcli.client import batch
+    from nerdcli.jobs import local
+    from nerdcli.jobs.model import JobDir, JobSpec
+    from nerdfs import NerdError
+
+    monkeypatch.setenv("NERD_HOME", str(tmp_path))
+    monkeypatch.setenv("NERD_WORKERS", "1")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    backend = local.LocalBackend()
+    backend.queue.register("w-test", dead.pid, auto=True)  # registered by its starter, never heartbeat
+    (tmp_path / "jobs" / "workers").mkdir(parents=True)
+    (tmp_path / "jobs" / "workers" / "w-test.log").write_text("Traceback ...\nImportError: no module named x\n")
+    spec = JobSpec(name="t", image="true", task_args=[[]], store=f"file://{tmp_path / 'store'}")
+    jd = JobDir.create("j-test", spec, "local")
+    backend.queue.add_job(jd.path, spec)
+    with pytest.raises(NerdError, match="died while starting: ImportError: no module named x"):
+        batch.status(jd)
+    backend.stop_workers(10)

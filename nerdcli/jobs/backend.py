@@ -62,7 +62,7 @@ def open_backend(config=None, endpoint: str | None = None) -> Backend:
     if kind == "local":
         from .local import LocalBackend
 
-        return LocalBackend()
+        return LocalBackend(config=config)
     from . import slurm  # lazily: only Slurm users need it (built on the infra branch)
 
     return slurm.open_slurm(ep, config)

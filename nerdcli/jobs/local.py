@@ -251,8 +251,10 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, queue: Queue | None = None) -> None:
+    def __init__(self, queue: Queue | None = None, config=None) -> None:
         self._queue = queue
+        self.config = config  # its file is handed to the workers this backend starts
+        self.startup_failures: list[dict] = []  # workers that died before their first heartbeat
 
     @property
     def queue(self) -> Queue:
@@ -271,6 +273,7 @@ class LocalBackend:
         if jd.result() is not None:
             return
         self.reap()
+        self._check_startup()
         row = self.queue.job_row(jd.id)
         if row is None:
             return
@@ -279,6 +282,20 @@ class LocalBackend:
             self._finalize(jd, raise_errors=True)  # idempotent: finishes a finalize that failed or whose worker died
         elif state in ("active", "cancelling"):
             self.ensure_workers()
+
+    def _check_startup(self) -> None:
+        """A worker that dies before its first heartbeat would be restarted forever: say why instead."""
+        if not self.startup_failures:
+            return
+        w = self.startup_failures.pop()
+        self.startup_failures.clear()
+        log_path = jobs_dir() / "workers" / f"{w['id']}.log"
+        try:
+            lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            lines = []
+        raise NerdError(f"a worker (pid {w['pid']}) died while starting: {lines[-1].strip() if lines else 'no log'} "
+                        f"— see {log_path}")
 
     def _finalize(self, jd: JobDir, ctx=None, raise_errors: bool = False) -> dict | None:
         """Commit the job's outputs. A worker logs a failure and goes on (the job stays 'finalizing');
@@ -340,6 +357,8 @@ class LocalBackend:
 
         dead = [w for w in self.queue.workers() if not _alive(w)]
         for w in dead:
+            if w["state"] == "starting":
+                self.startup_failures.append(w)
             handles, lost = [], []
             with self.queue.tx() as db:
                 if db.execute("DELETE FROM workers WHERE id = ?", (w["id"],)).rowcount == 0:
@@ -401,11 +420,15 @@ class LocalBackend:
         logs = jobs_dir() / "workers"
         logs.mkdir(parents=True, exist_ok=True)
         wid = f"w-{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+        env = dict(os.environ)
+        path = getattr(self.config, "path", None)
+        if path is not None and Path(path).exists():
+            env["NERD_CONFIG_FILE"] = str(Path(path).absolute())
         with open(logs / f"{wid}.log", "ab") as errf:
             proc = subprocess.Popen([sys.executable, "-m", "nerdcli.jobs.local", "worker", "--id", wid,
                                      "--idle-timeout", str(idle)] + (["--auto"] if auto else []),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True, env=env)
         self.queue.register(wid, proc.pid, auto)  # now: a second `nerd run` right after counts it
         threading.Thread(target=proc.wait, daemon=True).start()  # reap it if it ends while we live
         return proc.pid
