@@ -63,8 +63,11 @@ def open_backend(config=None, endpoint: str | None = None) -> Backend:
         from .local import LocalBackend
 
         return LocalBackend(config=config)
-    from . import slurm  # lazily: only Slurm users need it (built on the infra branch)
-
+    try:
+        from . import slurm  # lazily: only Slurm users need it
+    except ImportError as e:
+        raise ConfigError(f"nerd_api_endpoint {ep!r}: the Slurm backend is not available in this installation "
+                          f"({e})") from None
     return slurm.open_slurm(ep, config)
 
 
