@@ -396,3 +396,17 @@ def test_a_worker_dying_at_start_is_reported_not_waited_for(tmp_path, monkeypatc
     with pytest.raises(NerdError, match="died while starting: ImportError: no module named x"):
         batch.status(jd)
     backend.stop_workers(10)
+
+
+def test_tasks_sharing_a_work_directory_never_see_each_others_files(nerd, tmp_path):
+    doc = nerd.json("run", "--runtime", "process", "--array", "6", "--parallel", "1", "--output", "r:/o",
+                    "--input", f"{tmp_path}:/in", "--wait", "sh", "--", "-c",
+                    'b=$(ls -A "$NERD_OUTPUT"); echo "[$b]" > "$NERD_OUTPUT/before"; ls -A > "$NERD_OUTPUT/cwd"; '
+                    'mkdir -p "$NERD_OUTPUT/d$NERD_TASK_INDEX/e" scratch; echo x > scratch/f; '
+                    'echo $NERD_TASK_INDEX > "$NERD_OUTPUT/d$NERD_TASK_INDEX/e/v"')
+    assert doc["state"] == "succeeded", doc
+    out = download(nerd, "r", tmp_path / "r")
+    for i in range(6):
+        assert sorted(os.listdir(out / f"task-{i}")) == ["before", "cwd", f"d{i}"]
+        assert (out / f"task-{i}" / "before").read_text() == "[]\n"  # an empty output directory
+        assert (out / f"task-{i}" / "cwd").read_text().split() == ["in", "o"]  # no scratch left behind
