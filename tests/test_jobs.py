@@ -276,7 +276,8 @@ def test_workers_start_list_stop_and_job_list(nerd):
     assert len(started) == 2
     ws = nerd.json("worker", "list")["workers"]
     assert sorted(w["pid"] for w in ws) == sorted(started)
-    job = nerd.submit("--array", "3", "--wait", "true")
+    r = nerd.run("run", "--runtime", "process", "--array", "3", "--output", "json", "--wait", "true")
+    job = json.loads(r.stdout)["job"]  # `--output json` after `run` is the format, as for every command
     jobs = nerd.json("job", "list")["jobs"]
     assert jobs[0]["id"] == job and jobs[0]["state"] == "succeeded"
     stopped = nerd.json("worker", "stop")["stopped"]

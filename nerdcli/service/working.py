@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -322,22 +323,21 @@ def _run_process(spec: JobSpec, index: int, job_id: str, work: Path, sources: li
     env = {**_host_env(), **task_env(spec, index, job_id, ins, [str(p) for p in outs.values()]),
            "NERD_WORK_DIR": str(work)}
     argv = [spec.image, *spec.command, *args] if spec.image else [*spec.command, *args]
-    preexec = None
-    if spec.memory:
-        mem = spec.memory
-
-        def preexec() -> None:  # noqa: F811 — only when a limit is set (it costs a fork per task)
-            import resource
-            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     try:
         proc = subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=logf,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
+                                stderr=subprocess.STDOUT, start_new_session=True)
     except FileNotFoundError:
         return Attempt(NOT_FOUND_EXIT, f"command not found: {argv[0]}")
     except PermissionError:
         return Attempt(CANNOT_EXEC_EXIT, f"command cannot be run (permission denied): {argv[0]}")
     except OSError as e:
         return Attempt(CANNOT_EXEC_EXIT, f"command {argv[0]} cannot be run: {e.strerror}")
+    if spec.memory:
+        # an address-space limit (no preexec_fn: unsafe with the worker's threads); children inherit it
+        try:
+            resource.prlimit(proc.pid, resource.RLIMIT_AS, (spec.memory, spec.memory))
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass
     kill = _kill_group(proc)
     control_.handle = f"pid:{proc.pid}"
     control_._arm(kill)
