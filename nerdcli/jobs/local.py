@@ -165,7 +165,7 @@ class Queue:
     def register(self, wid: str, pid: int, auto: bool) -> None:
         now = time.time()
         with self.tx() as db:
-            db.execute("INSERT OR REPLACE INTO workers (id, pid, host, started, heartbeat, state, auto) "
+            db.execute("INSERT OR IGNORE INTO workers (id, pid, host, started, heartbeat, state, auto) "
                        "VALUES (?, ?, ?, ?, ?, 'starting', ?)", (wid, pid, socket.gethostname(), now, now, int(auto)))
 
     def heartbeat(self, wid: str, current: tuple[str, int] | None, handle: str | None) -> tuple[bool, bool]:
@@ -359,7 +359,7 @@ class LocalBackend:
         for w in dead:
             if w["state"] == "starting":
                 self.startup_failures.append(w)
-            handles, lost = [], []
+            lost = []
             with self.queue.tx() as db:
                 if db.execute("DELETE FROM workers WHERE id = ?", (w["id"],)).rowcount == 0:
                     continue  # someone else reaped it
@@ -367,7 +367,8 @@ class LocalBackend:
                                   "JOIN jobs j ON j.id = t.job WHERE t.worker = ? AND t.state = 'running'",
                                   (w["id"],)).fetchall()
                 for jid, idx, handle, runs, retries, jdir, cancel in rows:
-                    handles.append(handle)
+                    # killed before the task can be claimed again: a re-run reuses its container name
+                    working.kill_handle(handle)
                     jd = JobDir(jdir)
                     rec = jd.task(idx)
                     if rec is not None:
@@ -394,8 +395,6 @@ class LocalBackend:
                                    "WHERE job = ? AND idx = ?", (jid, idx))
                         db.execute("UPDATE jobs SET running = running - 1 WHERE id = ?", (jid,))
                         log.warning("worker %s died: task %d of job %s re-queued", w["id"], idx, jid)
-            for h in handles:
-                working.kill_handle(h)
             for jd in lost:
                 self._finalize(jd)
         return len(dead)
@@ -472,16 +471,12 @@ class Worker:
         self.idle_timeout = idle_timeout
         self.backend = LocalBackend()
         self.queue = self.backend.queue
-        if not self._registered():  # started by hand, not by start_worker
-            self.queue.register(wid, os.getpid(), auto)
+        self.queue.register(wid, os.getpid(), auto)  # a no-op when start_worker registered it already
         self.ctx = working.Context()
         self.current: tuple[str, int] | None = None
         self.control = working.TaskControl()
         self.stopping = threading.Event()
         self._specs: dict[str, JobSpec] = {}
-
-    def _registered(self) -> bool:
-        return bool(self.queue.read("SELECT 1 FROM workers WHERE id = ?", (self.id,)))
 
     def _beat(self) -> None:
         while not self.stopping.is_set():
