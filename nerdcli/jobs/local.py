@@ -113,8 +113,8 @@ class Queue:
             db.executemany("INSERT INTO tasks (job, idx, state) VALUES (?, ?, 'pending')",
                            ((jid, i) for i in range(spec.tasks)))
 
-    def claim(self, worker: str) -> tuple[str, str, int] | None:
-        """The next task to run, marked running for ``worker``: (job id, job dir, index), or None."""
+    def claim(self, worker: str) -> tuple[str, str, int, int] | None:
+        """The next task to run, marked running for ``worker``: (job id, job dir, index, run number), or None."""
         with self.tx() as db:
             row = db.execute(
                 "SELECT j.id, j.dir, (SELECT t.idx FROM tasks t WHERE t.job = j.id AND t.state = 'pending' "
@@ -129,7 +129,8 @@ class Queue:
                        "WHERE job = ? AND idx = ?", (worker, jid, idx))
             db.execute("UPDATE jobs SET running = running + 1 WHERE id = ?", (jid,))
             db.execute("UPDATE workers SET current = ? WHERE id = ?", (f"{jid}/{idx}", worker))
-            return jid, jdir, idx
+            runs = db.execute("SELECT runs FROM tasks WHERE job = ? AND idx = ?", (jid, idx)).fetchone()[0]
+            return jid, jdir, idx, runs
 
     def complete(self, worker: str, jid: str, idx: int, state: str) -> bool:
         """Mark the task done; True if the caller must finalize the job (it ended the last task)."""
@@ -518,8 +519,10 @@ class Worker:
                     sleep = min(sleep * 2, 0.5)
                     continue
                 sleep = 0.02
-                jid, jdir, idx = claim
+                jid, jdir, idx, runs = claim
                 self.control = working.TaskControl()
+                if runs > 1:
+                    self.control.name_suffix = f"-r{runs}"
                 self.current = (jid, idx)
                 spec = None
                 try:

@@ -168,7 +168,10 @@ class TaskControl:
         self.cancelled = threading.Event()
         self._kill: Callable[[], None] | None = None
         self._lock = threading.Lock()
-        self.handle: str | None = None  # "pid:<pgid>" or "<runtime>:<container>": what to kill if the worker dies
+        self.handle: str | None = None  # "pid:<pgid>" or "<runtime>:<container>:<pid>": what to kill if the worker dies
+        # a re-run of a task whose worker died gets fresh container names ("-r2"): the old container's
+        # removal must not race the new one for its name
+        self.name_suffix = ""
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -363,8 +366,8 @@ def _judge(code: int, timed_out: bool, control_: TaskControl, spec: JobSpec, out
     return Attempt(0, outputs=outs)
 
 
-def _container_name(job_id: str, index: int, attempt: int) -> str:
-    return f"nerd-{job_id}-{index}-{attempt}"
+def _container_name(job_id: str, index: int, attempt: int, suffix: str = "") -> str:
+    return f"nerd-{job_id}-{index}-{attempt}{suffix}"
 
 
 def container_argv(spec: JobSpec, index: int, job_id: str, name: str, sources: list[Path],
@@ -393,7 +396,7 @@ def _run_container(spec: JobSpec, index: int, job_id: str, work: Path, sources: 
         p.mkdir(exist_ok=True)
         p.chmod(0o777)  # the container's user may not be ours
         outs[o.dataset] = p
-    name = _container_name(job_id, index, attempt)
+    name = _container_name(job_id, index, attempt, control_.name_suffix)
     rt = spec.runtime
     argv = container_argv(spec, index, job_id, name, sources, outs, args)
     if shutil.which(rt) is None:
@@ -406,7 +409,7 @@ def _run_container(spec: JobSpec, index: int, job_id: str, work: Path, sources: 
 
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    control_.handle = f"{rt}:{name}"
+    control_.handle = f"{rt}:{name}:{proc.pid}"
     control_._arm(kill)
     try:
         code, timed_out = _wait(proc, spec.time_limit, kill)
@@ -440,8 +443,15 @@ def kill_handle(handle: str | None) -> None:
             os.killpg(int(what), signal.SIGKILL)
         except (ProcessLookupError, PermissionError, ValueError):
             pass
-    elif kind in ("podman", "docker") and shutil.which(kind):
-        subprocess.run([kind, "rm", "-f", what], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elif kind in ("podman", "docker"):
+        name, _, pid = what.partition(":")
+        if pid.isdigit():  # the runtime's client process first, so it does not outlive its container
+            try:
+                os.killpg(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if shutil.which(kind):
+            subprocess.run([kind, "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def logf_path(logf) -> Path:
