@@ -37,6 +37,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,30 @@ def mount_of(path: str | os.PathLike) -> tuple[Path, str, str] | None:
     return None
 
 
+def _daemon_listens(mnt: Path) -> bool:
+    """Whether a daemon accepts connections on the mount's control socket, without touching the mount.
+
+    ``control.socket_path`` resolves the mount point, which stats it: on a mount
+    whose daemon died that blocks forever. mountinfo paths are already
+    canonical, so the socket name (documented in ``control.socket_path``) is
+    computed from the path as is.
+    """
+    digest = hashlib.sha256(os.fsencode(str(mnt))).hexdigest()[:16]
+    try:
+        path = control.runtime_dir() / f"nerdfs-{digest}.sock"
+    except NerdError:
+        return False
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(2)
+    try:
+        sock.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
 def same_store(a: str, b: str) -> bool:
     if a.startswith("file://") and b.startswith("file://"):
         return os.path.realpath(a[7:]) == os.path.realpath(b[7:])
@@ -125,11 +150,13 @@ class Context:
     """What a worker keeps between tasks: open repositories, the mounts of this host."""
 
     MOUNT_TTL = 30.0
+    PROBE_TIMEOUT = 6.0  # a mount whose daemon does not answer within this is skipped from then on
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config.load(os.environ.get("NERD_CONFIG_FILE"))
         self._repos: dict[str, Repository] = {}
         self._mounts: tuple[float, list[tuple[Path, str]]] = (0.0, [])
+        self._hung: set[Path] = set()
         self._lock = threading.Lock()
 
     def repo(self, spec: JobSpec) -> Repository:
@@ -146,14 +173,28 @@ class Context:
         """Live nerdfs mounts of ``store`` on this host (asked once per MOUNT_TTL seconds)."""
         at, known = self._mounts
         if time.monotonic() - at > self.MOUNT_TTL:
-            known = []
-            for mnt in nerdfs_mounts():
-                try:
-                    known.append((mnt, control.call(mnt, {"op": "status"}, timeout=5)["store"]))
-                except (NerdError, KeyError, OSError) as e:
-                    log.debug("mount %s: %s", mnt, e)
+            probes = [m for m in nerdfs_mounts() if m not in self._hung and _daemon_listens(m)]
+            found: dict[Path, str] = {}
+            threads = [threading.Thread(target=self._probe, args=(m, found), daemon=True) for m in probes]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + self.PROBE_TIMEOUT
+            for m, t in zip(probes, threads):
+                t.join(max(0.0, deadline - time.monotonic()))
+                if t.is_alive():
+                    # a hung mount (even resolving its control socket stats the mount point): never again
+                    log.warning("nerdfs mount %s does not answer: ignored", m)
+                    self._hung.add(m)
+            known = [(m, found[m]) for m in probes if m in found]
             self._mounts = (time.monotonic(), known)
         return [m for m, s in known if same_store(s, store)]
+
+    @staticmethod
+    def _probe(mnt: Path, found: dict) -> None:
+        try:
+            found[mnt] = control.call(mnt, {"op": "status"}, timeout=5)["store"]
+        except (NerdError, KeyError, OSError) as e:
+            log.debug("mount %s: %s", mnt, e)
 
     def close(self) -> None:
         for r in self._repos.values():
