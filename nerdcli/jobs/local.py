@@ -455,8 +455,14 @@ class LocalBackend:
         self.reap()
         rows = self.queue.read("SELECT id, dir, ntasks, remaining, running, parallel, state, submitted FROM jobs "
                                "WHERE state != 'done' ORDER BY submitted")
-        return [{"job": r[0], "tasks": r[2], "pending": r[3] - r[4], "running": r[4], "done": r[2] - r[3],
-                 "parallel": r[5], "state": r[6], "submitted": r[7]} for r in rows]
+        out = []
+        for r in rows:
+            if r[6] == "finalizing" and (Path(r[1]) / "result.json").exists():
+                self.queue.finished(r[0])  # its finalize ended a moment ago
+                continue
+            out.append({"job": r[0], "tasks": r[2], "pending": r[3] - r[4], "running": r[4], "done": r[2] - r[3],
+                        "parallel": r[5], "state": r[6], "submitted": r[7]})
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- the worker
