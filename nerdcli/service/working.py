@@ -150,7 +150,7 @@ class Context:
     """What a worker keeps between tasks: open repositories, the mounts of this host."""
 
     MOUNT_TTL = 30.0
-    PROBE_TIMEOUT = 6.0  # a mount whose daemon does not answer within this is skipped from then on
+    PROBE_TIMEOUT = 3.0  # a mount whose daemon does not answer within this is skipped from then on
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config.load(os.environ.get("NERD_CONFIG_FILE"))
