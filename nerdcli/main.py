@@ -46,10 +46,13 @@ def cli(ctx: click.Context, config_file: str | None, session_file: str | None, f
 def _register() -> None:
     from .commands.auth import login, logout
     from .commands.dataset import dataset
+    from .commands.job import job
+    from .commands.queue import queue
+    from .commands.run import run
+    from .commands.worker import worker
 
-    cli.add_command(dataset)
-    cli.add_command(login)
-    cli.add_command(logout)
+    for command in (dataset, login, logout, run, job, queue, worker):
+        cli.add_command(command)
 
 
 _register()
