@@ -99,13 +99,15 @@ def _private_dir(d: Path) -> Path:
     return d
 
 
-def socket_path(mountpoint: str | os.PathLike) -> Path:
+def socket_path(mountpoint: str | os.PathLike, canonical: bool = False) -> Path:
     """The control socket of a mount point: ``<runtime dir>/nerdfs-<16 hex of sha256(realpath)>.sock``.
 
     Deterministic for a mount point (symlinks and relative paths resolve to the
-    same socket); the runtime directory is created with mode 0700.
+    same socket); the runtime directory is created with mode 0700. Resolving
+    stats the mount point, which hangs on a mount whose daemon is stuck:
+    ``canonical=True`` takes the path as already resolved (from mountinfo).
     """
-    real = os.path.realpath(os.fspath(mountpoint))
+    real = os.fspath(mountpoint) if canonical else os.path.realpath(os.fspath(mountpoint))
     digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
     path = runtime_dir() / f"nerdfs-{digest}.sock"
     if len(os.fsencode(str(path))) > _SUN_PATH_MAX:
@@ -337,12 +339,12 @@ def call(mountpoint: str | os.PathLike, request: dict, timeout: float | None = N
             raise NerdError(f"{mountpoint}: the nerdfs daemon sent an unreadable reply ({e})") from None
 
 
-def daemon_running(mountpoint: str | os.PathLike) -> bool:
-    """Whether a daemon answers on the control socket of ``mountpoint``."""
+def daemon_running(mountpoint: str | os.PathLike, canonical: bool = False) -> bool:
+    """Whether a daemon answers on the control socket of ``mountpoint`` (see :func:`socket_path`)."""
     try:
-        _connect(socket_path(mountpoint), mountpoint).close()
+        _connect(socket_path(mountpoint, canonical), mountpoint).close()
         return True
-    except NerdError:
+    except (NerdError, OSError):
         return False
 
 

@@ -37,7 +37,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -114,27 +113,9 @@ def mount_of(path: str | os.PathLike) -> tuple[Path, str, str] | None:
 
 
 def _daemon_listens(mnt: Path) -> bool:
-    """Whether a daemon accepts connections on the mount's control socket, without touching the mount.
-
-    ``control.socket_path`` resolves the mount point, which stats it: on a mount
-    whose daemon died that blocks forever. mountinfo paths are already
-    canonical, so the socket name (documented in ``control.socket_path``) is
-    computed from the path as is.
-    """
-    digest = hashlib.sha256(os.fsencode(str(mnt))).hexdigest()[:16]
-    try:
-        path = control.runtime_dir() / f"nerdfs-{digest}.sock"
-    except NerdError:
-        return False
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(2)
-    try:
-        sock.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
+    """Whether a daemon accepts connections on the mount's control socket, without touching the mount
+    (mountinfo paths are canonical already; resolving one would stat a possibly hung mount)."""
+    return control.daemon_running(mnt, canonical=True)
 
 
 def same_store(a: str, b: str) -> bool:
