@@ -363,14 +363,19 @@ def _run_process(spec: JobSpec, index: int, job_id: str, work: Path, sources: li
             resource.prlimit(proc.pid, resource.RLIMIT_AS, (spec.memory, spec.memory))
         except (ProcessLookupError, PermissionError, ValueError):
             pass
-    kill = _kill_group(proc)
-    control_.handle = f"pid:{proc.pid}"
+    code, timed_out = _supervise(proc, f"pid:{proc.pid}", _kill_group(proc), control_, spec.time_limit)
+    return _judge(code, timed_out, control_, spec, outs)
+
+
+def _supervise(proc: subprocess.Popen, handle: str, kill: Callable[[], None], control_: TaskControl,
+               limit: int | None) -> tuple[int, bool]:
+    """Wait for a task's process with ``kill`` armed for cancellation: (exit code, timed out)."""
+    control_.handle = handle
     control_._arm(kill)
     try:
-        code, timed_out = _wait(proc, spec.time_limit, kill)
+        return _wait(proc, limit, kill)
     finally:
         control_._arm(None)
-    return _judge(code, timed_out, control_, spec, outs)
 
 
 def _judge(code: int, timed_out: bool, control_: TaskControl, spec: JobSpec, outs: dict[str, Path],
@@ -432,12 +437,7 @@ def _run_container(spec: JobSpec, index: int, job_id: str, work: Path, sources: 
     # cwd: podman's conmon leaves files (an "oom" marker) in its working directory
     proc = subprocess.Popen(argv, cwd=work, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    control_.handle = f"{rt}:{name}:{proc.pid}"
-    control_._arm(kill)
-    try:
-        code, timed_out = _wait(proc, spec.time_limit, kill)
-    finally:
-        control_._arm(None)
+    code, timed_out = _supervise(proc, f"{rt}:{name}:{proc.pid}", kill, control_, spec.time_limit)
     oom = False
     try:
         if code == OOM_EXIT and not control_.cancelled.is_set() and not timed_out:
