@@ -307,7 +307,7 @@ async def _tune_bdi(mountpoint: str) -> None:
     may. The device number comes from /proc/self/mountinfo: stat() on our own
     mount point would wait for this very daemon.
     """
-    await trio.sleep(0.5)
+    await trio.sleep(0.02)  # the INIT request is the first the loop serves
     dev = None
     try:
         with open("/proc/self/mountinfo") as f:
@@ -317,12 +317,14 @@ async def _tune_bdi(mountpoint: str) -> None:
                     dev = fields[2]
     except OSError:
         return
-    for name, value in _BDI_TUNING.items():
-        try:
-            with open(f"/sys/class/bdi/{dev}/{name}", "w") as f:
-                f.write(value)
-        except OSError as e:
-            log.debug("cannot set %s of the mount's device %s: %s", name, dev, e)
+    for delay in (0, 0.2, 1.0):  # again, in case the kernel handled INIT only after our first try
+        await trio.sleep(delay)
+        for name, value in _BDI_TUNING.items():
+            try:
+                with open(f"/sys/class/bdi/{dev}/{name}", "w") as f:
+                    f.write(value)
+            except OSError as e:
+                log.debug("cannot set %s of the mount's device %s: %s", name, dev, e)
 
 
 async def _main(m: Mount, socket: str) -> None:
