@@ -207,13 +207,23 @@ def test_cancel_kills_running_tasks_and_cancels_pending_ones(snerd, tmp_path):
     one_line_error(snerd.run("job", "cancel", job), 5, "already cancelled")
 
 
-def test_podman_tasks_on_slurm_and_cancel_removes_the_container(snerd, podman, tmp_path):
+def test_podman_on_slurm_outputs_missing_image_oom_and_cancel_removes_the_container(snerd, podman, tmp_path):
     doc = snerd.json("run", "--backend", "slurm://", "--runtime", "podman", "--array", "2", "--cpus", "1",
                      "--output", "res:/out", "--wait", podman.image, "--", "sh", "-c",
                      'echo "in a container $NERD_TASK_INDEX" > /out/x')
     assert doc["state"] == "succeeded", doc
     out = snerd.download("res", tmp_path / "res")
     assert (out / "task-1" / "x").read_text() == "in a container 1\n"
+
+    # the image is looked up on the compute node: a missing one fails the task there, with podman's reason
+    doc = snerd.json("run", "--backend", "slurm://", "--runtime", "podman", "--wait", "localhost/no-such-image:1",
+                     "--", "true", code=125)
+    assert "podman could not start the task" in doc["failed"][0]["error"]
+    assert "no-such-image" in doc["failed"][0]["error"]
+    doc = snerd.json("run", "--backend", "slurm://", "--runtime", "podman", "--memory", "16MiB", "--wait",
+                     podman.image, "--", "sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}",
+                     code=137)
+    assert "out of memory" in doc["failed"][0]["error"]
 
     job = snerd.json("run", "--backend", "slurm://", "--runtime", "podman", podman.image, "--", "sleep",
                      "120")["job"]

@@ -78,7 +78,7 @@ STAGING_SECONDS = 120  # added to --time: staging inputs and uploading outputs
 QUERY_TTL = 1.0  # seconds a Slurm answer is reused (status/wait poll several times a second)
 REST_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "PYTHONPATH", "VIRTUAL_ENV",
                  "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "AWS_CA_BUNDLE", "CONTAINERS_CONF",
-                 "DOCKER_HOST")
+                 "DOCKER_HOST", "SLURM_CONF")
 REST_ENV_PREFIXES = ("NERD_", "AWS_")
 
 # Slurm job states (first word of JobState / job_state) that are not final.
