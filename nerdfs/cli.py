@@ -96,13 +96,15 @@ def check(store: str | None, config_file: str | None, read_data: bool, output: s
 @click.option("--read-only", is_flag=True, help="Mount read-only: browse datasets and snapshots, change nothing.")
 @click.option("--commit-interval", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
               metavar="SECONDS", help="Snapshot changed datasets automatically this often.")
+@click.option("--refresh-interval", type=click.FloatRange(min=1.0), default=10.0, show_default=True,
+              metavar="SECONDS", help="Look for other clients' snapshots this often (clean datasets follow them).")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground until unmounted (logs on stderr).")
 @config_option
 @click.option("--ready-fd", type=int, hidden=True)  # set by the daemonising parent: see MountOptions
 @output_option
 def mount(mountpoint: Path, store: str | None, cache_dir: Path | None, cache_size: str | None, read_only: bool,
-          commit_interval: float, foreground: bool, config_file: str | None, ready_fd: int | None,
-          output: str) -> None:
+          commit_interval: float, refresh_interval: float, foreground: bool, config_file: str | None,
+          ready_fd: int | None, output: str) -> None:
     """Mount the store's datasets on MOUNTPOINT, an existing empty directory.
 
     MOUNTPOINT/<dataset>/ are writable working trees (mkdir creates a dataset),
@@ -124,13 +126,14 @@ def mount(mountpoint: Path, store: str | None, cache_dir: Path | None, cache_siz
     if foreground and ready_fd is not None:
         try:
             options, cfg_path = _mount_options(mountpoint, store, cache_dir, cache_size, read_only,
-                                               commit_interval, foreground, config_file, ready_fd)
+                                               commit_interval, foreground, config_file, ready_fd,
+                                               refresh_interval=refresh_interval)
         except NerdError as e:  # tell the waiting parent (run's own failures are signalled by _run_foreground)
             _signal_fd(ready_fd, f"error {e.exit_code} {' '.join(str(e).split())}")
             raise
     else:
         options, cfg_path = _mount_options(mountpoint, store, cache_dir, cache_size, read_only, commit_interval,
-                                           foreground, config_file, None)
+                                           foreground, config_file, None, refresh_interval=refresh_interval)
     if foreground:
         _run_foreground(options, output)
     else:
@@ -139,7 +142,7 @@ def mount(mountpoint: Path, store: str | None, cache_dir: Path | None, cache_siz
 
 def _mount_options(mountpoint: Path, store: str | None, cache_dir: Path | None, cache_size: str | None,
                    read_only: bool, commit_interval: float, foreground: bool, config_file: str | None,
-                   ready_fd: int | None) -> tuple[Any, Path]:
+                   ready_fd: int | None, *, refresh_interval: float = 10.0) -> tuple[Any, Path]:
     from .mountopts import MountOptions
 
     cfg_path = Path(os.path.abspath(os.path.expanduser(config_file))) if config_file else nerd_home() / "config.json"
@@ -152,7 +155,8 @@ def _mount_options(mountpoint: Path, store: str | None, cache_dir: Path | None, 
     options = MountOptions(
         mountpoint=mnt, store=store or ds.store_url(), s3=ds.s3,
         cache_dir=Path(os.path.abspath(os.path.expanduser(cache_dir))) if cache_dir else ds.cache_path().absolute(),
-        cache_size=size, read_only=read_only, commit_interval=commit_interval, foreground=foreground,
+        cache_size=size, read_only=read_only, commit_interval=commit_interval, refresh_interval=refresh_interval,
+        foreground=foreground,
         threads=ds.threads, ready_fd=ready_fd)
     return options, cfg_path
 
@@ -200,7 +204,8 @@ def _daemonise(options: Any, config_file: Path, output: str) -> None:
     log_path = options.cache_dir / "mount.log"
     args = [sys.executable, "-m", "nerdfs", "mount", str(options.mountpoint), "--foreground",
             "--store", options.store, "--cache-dir", str(options.cache_dir), "--cache-size", str(options.cache_size),
-            "--commit-interval", repr(options.commit_interval), "--config-file", str(config_file)]
+            "--commit-interval", repr(options.commit_interval),
+            "--refresh-interval", repr(options.refresh_interval), "--config-file", str(config_file)]
     if options.read_only:
         args.append("--read-only")
     env = dict(os.environ)
@@ -330,7 +335,9 @@ def sync(mountpoint: Path, datasets: tuple[str, ...], output: str) -> None:
     """Snapshot the changed DATASETS (default: all) of a mount and wait until the store has them.
 
     Returns once everything written before it is durable in the store and
-    visible to other clients; prints each dataset's snapshot.
+    visible to other clients; prints each dataset's snapshot. Then the mount
+    shows what other clients committed (clean datasets move to their new
+    head; a mount also does this by itself every --refresh-interval).
 
     \b
     Examples:

@@ -1,7 +1,11 @@
-"""File contents in the mount: staging files for writes, chunks for reads.
+"""File contents in the mount: staging buffers for writes, chunks for reads.
 
-A file that is written gets a staging file (``staging/<ino>``), filled from
-its chunks first if it had content. Flushing (close of the last writer,
+A file that is written gets a staging buffer, filled from its chunks first if
+it had content: a staging file (``staging/<ino>``), or for a small file a
+bytearray in memory that becomes a staging file once it grows past
+``MEMORY_MAX`` (a file create, rename and unlink per small file would cost
+more than the rest of its way into the mount). What is in memory is made
+durable the POSIX way: by fsync or close, which cut it into chunks. Flushing (close of the last writer,
 fsync, commit) cuts the staging file again: FastCDC resynchronises, so only
 the chunks around a change are new, and only those are journaled for upload.
 Every method here blocks: the FUSE layer runs them in worker threads,
@@ -11,6 +15,7 @@ except the small ``pwrite``/``pread`` calls on staging files.
 from __future__ import annotations
 
 import bisect
+import io
 import os
 import threading
 from collections import OrderedDict
@@ -24,6 +29,63 @@ from .uploader import Journal
 from .workspace import FsError, Inode, Workspace
 
 
+MEMORY_MAX = 64 * 1024
+
+
+class _Buffer:
+    """A staging file: pread/pwrite/truncate on a descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.dirty = False  # holds writes that are not chunks yet (also persisted: Inode.unflushed)
+        self.writes = 0  # changes so far: a flush racing with a write must not mark the buffer clean
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        self.writes += 1
+        return os.pwrite(self.fd, data, offset)
+
+    def truncate(self, size: int) -> None:
+        self.writes += 1
+        os.ftruncate(self.fd, size)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _MemoryBuffer:
+    """A small file's staging buffer in memory."""
+
+    fd = None
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = bytearray(data)
+        self.dirty = False
+        self.writes = 0
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return bytes(self.data[offset:offset + size])
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        self.writes += 1
+        if offset > len(self.data):
+            self.data.extend(bytes(offset - len(self.data)))
+        self.data[offset:offset + len(data)] = data
+        return len(data)
+
+    def truncate(self, size: int) -> None:
+        self.writes += 1
+        if size < len(self.data):
+            del self.data[size:]
+        else:
+            self.data.extend(bytes(size - len(self.data)))
+
+    def close(self) -> None:
+        self.data = bytearray()
+
+
 class Contents:
     def __init__(self, repo: Repository, ws: Workspace, journal: Journal, root: Path,
                  memory_chunks: int = 12, readahead: int = 4) -> None:
@@ -32,7 +94,7 @@ class Contents:
         self.journal = journal
         self.dir = root / "staging"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._fds: dict[int, int] = {}
+        self._bufs: dict[int, _Buffer | _MemoryBuffer] = {}
         self._refs: dict[int, int] = {}  # stage() calls not yet matched by unstage()
         self._lock = threading.Lock()
         self._inode_locks: dict[int, threading.Lock] = {}
@@ -119,24 +181,71 @@ class Contents:
 
     # ------------------------------------------------------------------ staging
 
-    def fd(self, ino: int) -> int:
+    def _buffer(self, ino: int) -> _Buffer | _MemoryBuffer:
         with self._lock:
-            fd = self._fds.get(ino)
-        if fd is None:
+            buf = self._bufs.get(ino)
+        if buf is None:
             raise FsError(5)
-        return fd
+        return buf
 
-    def stage(self, ino: int) -> int:
-        """Open (creating and filling if needed) the staging file of inode ``ino``; its fd."""
+    def in_memory(self, ino: int) -> bool:
+        """Whether the file's latest content is in a staging buffer in memory (reads must go there)."""
+        with self._lock:
+            return isinstance(self._bufs.get(ino), _MemoryBuffer)
+
+    def pread(self, ino: int, size: int, offset: int) -> bytes:
+        return self._buffer(ino).pread(size, offset)
+
+    def pwrite(self, ino: int, data: bytes, offset: int) -> int:
+        buf = self._buffer(ino)
+        if isinstance(buf, _MemoryBuffer) and offset + len(data) > MEMORY_MAX:
+            buf = self._spill(ino, buf)
+        return buf.pwrite(data, offset)
+
+    def truncate(self, ino: int, size: int) -> None:
+        buf = self._buffer(ino)
+        if isinstance(buf, _MemoryBuffer) and size > MEMORY_MAX:
+            buf = self._spill(ino, buf)
+        buf.truncate(size)
+
+    def mark_unflushed(self, ino: int) -> None:
+        """The buffer now holds writes that are not chunks yet; a staging file's flag is persistent,
+        so a crash leaves its content to recover."""
+        buf = self._buffer(ino)
+        if not buf.dirty:
+            buf.dirty = True
+            if isinstance(buf, _Buffer):
+                self.ws.update(ino, unflushed=True)
+
+    def _spill(self, ino: int, mem: _MemoryBuffer) -> _Buffer:
+        """A small file grew: its memory buffer becomes a staging file."""
+        with self.inode_lock(ino):
+            path = self.staging_path(ino)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.pwrite(fd, mem.data, 0)
+            buf = _Buffer(fd)
+            buf.dirty, buf.writes = mem.dirty, mem.writes
+            self.ws.update(ino, staged=True, unflushed=mem.dirty)
+            with self._lock:
+                self._bufs[ino] = buf
+            mem.close()
+            return buf
+
+    def stage(self, ino: int) -> None:
+        """Open (creating and filling if needed) the staging buffer of inode ``ino``."""
         with self.inode_lock(ino):
             with self._lock:
-                if ino in self._fds:
+                if ino in self._bufs:
                     self._refs[ino] += 1
-                    return self._fds[ino]
+                    return
             node = self.ws.get(ino)  # read under the lock: an unstage may just have run
             path = self.staging_path(ino)
             if node.staged and path.exists():
-                fd = os.open(path, os.O_RDWR)
+                buf: _Buffer | _MemoryBuffer = _Buffer(os.open(path, os.O_RDWR))
+                buf.dirty = node.unflushed
+            elif node.size <= MEMORY_MAX:
+                buf = _MemoryBuffer(b"".join(self.chunk(cid) for cid, _ in node.chunks))
+                buf.truncate(node.size)
             else:
                 tmp = path.with_suffix(".fill")
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -152,22 +261,24 @@ class Contents:
                     tmp.unlink(missing_ok=True)
                     raise
                 self.ws.update(node.ino, staged=True)
+                buf = _Buffer(fd)
             with self._lock:
-                self._fds[ino] = fd
+                self._bufs[ino] = buf
                 self._refs[ino] = 1
-            return fd
 
     def unstage(self, ino: int) -> None:
-        """Drop one user of the staging file; the last one closes it (and deletes it once flushed)."""
+        """Drop one user of the staging buffer; the last one closes it (and deletes it once flushed)."""
         with self.inode_lock(ino):
             with self._lock:
                 if self._refs.get(ino, 0) > 1:
                     self._refs[ino] -= 1
                     return
                 self._refs.pop(ino, None)
-                fd = self._fds.pop(ino, None)
-            if fd is not None:
-                os.close(fd)
+                buf = self._bufs.pop(ino, None)
+            if buf is not None:
+                buf.close()
+            if isinstance(buf, _MemoryBuffer):
+                return
             try:
                 node = self.ws.get(ino)
             except FsError:
@@ -178,30 +289,41 @@ class Contents:
                     self.ws.update(ino, staged=False)
 
     def flush(self, ino: int, durable: bool = False) -> Inode:
-        """Cut the staging file into chunks and journal the new ones; the updated inode."""
+        """Cut the staging buffer into chunks and journal the new ones; the updated inode."""
         with self.inode_lock(ino):
-            node = self.ws.get(ino)
-            if not node.staged or not node.unflushed:
-                if durable:
-                    self.journal.sync()
-                return node
-            with open(self.staging_path(ino), "rb") as f:
-                chunks = []
-                for piece in self.repo.chunker.cut_file(f):
-                    chunks.append((piece.id, piece.length))
-                    self.journal.add(piece.id, piece.data)
-            size = sum(n for _, n in chunks)
-            node = self.ws.update(ino, chunks=chunks, unflushed=False, size=size)
+            with self._lock:
+                buf = self._bufs.get(ino)
+            seen = buf.writes if buf is not None else 0
+            if isinstance(buf, _MemoryBuffer):
+                node = self._cut(ino, io.BytesIO(buf.data), buf, seen) if buf.dirty else self.ws.get(ino)
+            else:
+                node = self.ws.get(ino)
+                if node.staged and node.unflushed:
+                    with open(self.staging_path(ino), "rb") as f:
+                        node = self._cut(ino, f, buf, seen)
             if durable:
                 self.journal.sync()
             return node
 
+    def _cut(self, ino: int, f, buf, seen: int) -> Inode:
+        """Chunks of ``f`` become the file's content; the buffer is clean unless written meanwhile."""
+        chunks = []
+        for piece in self.repo.chunker.cut_file(f):
+            chunks.append((piece.id, piece.length))
+            self.journal.add(piece.id, piece.data)
+        size = sum(n for _, n in chunks)
+        clean = buf is None or buf.writes == seen
+        if clean and buf is not None:
+            buf.dirty = False
+        unflushed = not clean and isinstance(buf, _Buffer)  # memory buffers are not recovered after a crash
+        return self.ws.update(ino, chunks=chunks, unflushed=unflushed, size=size)
+
     def drop(self, ino: int) -> None:
         """The inode is gone: its staging file too."""
         with self._lock:
-            fd = self._fds.pop(ino, None)
+            buf = self._bufs.pop(ino, None)
             self._refs.pop(ino, None)
             self._inode_locks.pop(ino, None)
-        if fd is not None:
-            os.close(fd)
+        if buf is not None:
+            buf.close()
         self.staging_path(ino).unlink(missing_ok=True)

@@ -17,7 +17,8 @@ class MountOptions:
     not mounted); ``store`` is a store URL (``file://…`` or ``s3://bucket/prefix``)
     opened with ``s3``; ``cache_dir``/``cache_size`` (bytes) are the local cache;
     ``commit_interval`` is the period (seconds) of automatic commits of dirty
-    datasets; ``threads`` bounds worker threads; ``foreground`` is informational
+    datasets; ``refresh_interval`` the period of looking for other clients'
+    snapshots (clean datasets follow them); ``threads`` bounds worker threads; ``foreground`` is informational
     (the CLI has already daemonised when needed: ``run`` never forks).
 
     Readiness: ``run`` calls :meth:`signal_ready` exactly when the filesystem is
@@ -38,6 +39,7 @@ class MountOptions:
     cache_size: int
     read_only: bool = False
     commit_interval: float = 60.0
+    refresh_interval: float = 10.0
     foreground: bool = False
     threads: int = 8
     ready_fd: int | None = None  # pipe to the `nerdfs mount` that started this daemon

@@ -1,7 +1,10 @@
 """Lazy upload: the journal of chunks written locally but not yet in the store.
 
 A flushed chunk is written to ``pending/<id>`` and recorded in the LMDB
-``journal`` table; from then on it survives a crash. The uploader, a trio
+``journal`` table; from then on it survives a crash. Small chunks (small
+files) go into LMDB itself, in the same transaction: a file create and
+rename per 4 KiB file would cost more than everything else the mount does
+for it. The uploader, a trio
 task, sends journaled chunks with bounded concurrency (boto3 and zstd in
 threads) and exponential backoff while the store is unreachable, then moves
 each chunk into the LRU cache. Dirty data is never evicted: when pending
@@ -25,6 +28,8 @@ from .objects import encode
 from .repo import CHUNK, Repository, object_key
 
 log = logging.getLogger(__name__)
+INLINE_MAX = 64 * 1024  # chunks this small are kept in LMDB while pending
+INLINE_TOTAL = 1 << 30  # at most this much of them: the index's map must not fill up
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -36,11 +41,13 @@ class Journal:
         self.dir = root / "pending"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.env = repo.index.env
-        self._db = self.env.open_db(b"journal")
+        self._db = self.env.open_db(b"journal")  # id -> size
+        self._data = self.env.open_db(b"journal_data")  # id -> bytes of small chunks
         self.limit = limit
         self._cond = threading.Condition()
         with self.env.begin() as txn:
             self._bytes = sum(int(v) for _, v in txn.cursor(db=self._db))
+            self._inline = sum(len(v) for _, v in txn.cursor(db=self._data))
         self.changed = threading.Event()
 
     @property
@@ -77,32 +84,52 @@ class Journal:
         with self._cond:
             while self._bytes + len(data) > self.limit and self._bytes > 0:
                 self._cond.wait(1.0)
-        tmp = self.dir / f".tmp-{cid}-{threading.get_ident()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.rename(tmp, self.path(cid))
+        inline = len(data) <= INLINE_MAX and self._inline + len(data) <= INLINE_TOTAL
+        if not inline:
+            tmp = self.dir / f".tmp-{cid}-{threading.get_ident()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.rename(tmp, self.path(cid))
         with self.env.begin(write=True) as txn:
             added = txn.put(cid.encode(), str(len(data)).encode(), db=self._db, overwrite=False)
+            if added and inline:
+                txn.put(cid.encode(), data, db=self._data)
         if added:
             with self._cond:
                 self._bytes += len(data)
+                self._inline += len(data) if inline else 0
         self.changed.set()
         return added
 
     def read(self, cid: str) -> bytes | None:
+        with self.env.begin() as txn:
+            data = txn.get(cid.encode(), db=self._data)
+        if data is not None:
+            return data
         try:
             return self.path(cid).read_bytes()
         except FileNotFoundError:
             return None
 
+    def discard(self, cid: str) -> None:
+        """Drop a damaged chunk's bytes (the entry goes with :meth:`done`)."""
+        self.path(cid).unlink(missing_ok=True)
+        with self.env.begin(write=True) as txn:
+            txn.delete(cid.encode(), db=self._data)
+
     def done(self, cid: str) -> None:
         """The chunk is in the store: forget it here, keep its bytes in the cache."""
         with self.env.begin(write=True) as txn:
             raw = txn.pop(cid.encode(), db=self._db)
-        self.repo.cache.adopt(cid, self.path(cid))
+            small = txn.pop(cid.encode(), db=self._data)
+        if small is not None:
+            self.repo.cache.put(cid, small)
+        else:
+            self.repo.cache.adopt(cid, self.path(cid))
         if raw is not None:
             with self._cond:
                 self._bytes -= int(raw)
+                self._inline -= len(small) if small is not None else 0
                 self._cond.notify_all()
 
     def sync(self) -> None:
@@ -146,7 +173,7 @@ class Uploader:
             # A pending file cut short by a power loss before any fsync promised
             # it: never store wrong bytes under an id.
             log.error("journaled chunk %s is damaged (not fsync'd before a crash?); dropped", cid)
-            self.journal.path(cid).unlink(missing_ok=True)
+            self.journal.discard(cid)
             self.journal.done(cid)
             return 0
         framed = encode(data, self.repo.config.compression_level)

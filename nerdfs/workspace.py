@@ -76,6 +76,12 @@ class Inode(FileKind):
         d["mode"] = self.mode
         return json.dumps(d, separators=(",", ":")).encode()
 
+    def copy(self) -> "Inode":
+        """A shallow copy (lists are replaced, never changed in place)."""
+        new = Inode.__new__(Inode)
+        new.__dict__.update(self.__dict__)
+        return new
+
     @classmethod
     def from_bytes(cls, ino: int, raw: bytes) -> "Inode":
         d = json.loads(raw)
@@ -102,6 +108,7 @@ class Workspace:
         self._xattrs = self.env.open_db(b"ws_xattrs")  # ino+\0+name -> value
         self._meta = self.env.open_db(b"ws_meta")
         self._dirty: set[str] = set()  # datasets whose dirty flag this process has written
+        self._decoded: dict[int, tuple[bytes, Inode]] = {}  # ino -> (stored bytes, their decoding)
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         with self.env.begin(write=True) as txn:
@@ -122,10 +129,27 @@ class Workspace:
             raw = txn.get(_U64.pack(ino), db=self._inodes)
         if raw is None:
             raise FsError(errno.ENOENT)
-        return Inode.from_bytes(ino, raw)
+        # Decoding is the bulk of a small request's cost: reuse the last decoding of the same bytes.
+        hit = self._decoded.get(ino)
+        if hit is not None and hit[0] == raw:
+            return hit[1].copy()
+        node = Inode.from_bytes(ino, raw)
+        self._remember(raw, node)
+        return node.copy()
 
     def put(self, node: Inode, txn) -> None:
-        txn.put(_U64.pack(node.ino), node.to_bytes(), db=self._inodes)
+        raw = node.to_bytes()
+        txn.put(_U64.pack(node.ino), raw, db=self._inodes)
+        self._remember(raw, node.copy())  # checked against the stored bytes on use: an abort is harmless
+
+    def _remember(self, raw: bytes, node: Inode) -> None:
+        decoded = self._decoded
+        if len(decoded) >= 8192:
+            try:
+                del decoded[next(iter(decoded))]
+            except (StopIteration, KeyError, RuntimeError):  # another thread got there first
+                pass
+        decoded[node.ino] = (raw, node)
 
     def _new_ino(self, txn) -> int:
         ino = _U64.unpack(txn.get(b"next_ino", db=self._meta))[0]

@@ -4,7 +4,8 @@ Runs the real ``nerd`` and ``nerdfs`` commands: upload a sample folder, edit
 one file, upload again (only the changed chunk travels), download the
 dataset and check every byte; then mount the store, ``cp -a`` the folder into
 a new dataset and ``nerdfs sync``: its chunks are already stored, so almost
-nothing is uploaded. Everything lives in a temporary NERD_HOME unless
+nothing is uploaded; and last, ``nerd run`` a 4-task job on the mounted data
+(process runtime: no container engine needed) and show where its output is. Everything lives in a temporary NERD_HOME unless
 ``--keep DIR`` names one to keep.
 """
 
@@ -59,10 +60,13 @@ def nerdfs(*args: str, env: dict) -> dict:
 
 
 def mount_demo(work: Path, src: Path, env: dict) -> bool:
-    """Mount the same store, cp the sample into a new dataset, sync: dedup means ~nothing is uploaded."""
+    """Mount the same store, cp the sample into a new dataset, sync: dedup means ~nothing is uploaded.
+
+    Then, while mounted, run a job on the mounted data (see :func:`job_demo`).
+    """
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         print("mount: skipped (FUSE needs root and /dev/fuse here)")
-        return True
+        return job_demo(work, "sample/notes", env)
     mnt = work / "mnt"
     mnt.mkdir(exist_ok=True)
     nerdfs("mount", str(mnt), "--cache-dir", str(work / "mount-cache"), env=env)
@@ -74,13 +78,40 @@ def mount_demo(work: Path, src: Path, env: dict) -> bool:
         status = nerdfs("status", str(mnt), env=env)
         same = tree_digest(src) == tree_digest(mnt / "copy")
         history = sorted(os.listdir(mnt / ".snapshots" / "copy"))
+        sent = status["uploaded_bytes"] - before
+        print(f"mount: cp -a into {mnt}/copy, nerdfs sync → snapshot {snap[:12]} "
+              f"({len(history)} in .snapshots/copy); uploaded {mib(sent).strip()} "
+              f"(everything else deduplicated); copy identical: {'yes' if same else 'NO'}")
+        job_ok = job_demo(work, str(mnt / "copy" / "notes"), env, mnt)
     finally:
         nerdfs("umount", str(mnt), env=env)
-    sent = status["uploaded_bytes"] - before
-    print(f"mount: cp -a into {mnt}/copy, nerdfs sync → snapshot {snap[:12]} "
-          f"({len(history)} in .snapshots/copy); uploaded {mib(sent).strip()} "
-          f"(everything else deduplicated); copy identical: {'yes' if same else 'NO'}")
-    return same
+    return same and job_ok
+
+
+def job_demo(work: Path, source: str, env: dict, mnt: Path | None = None) -> bool:
+    """The main job's last step: a 4-task job on the (mounted) notes, outputs committed as one snapshot.
+
+    The process runtime needs no container engine: each task counts the lines of
+    every fourth note and writes its figure to its output directory.
+    """
+    script = ('ls "$NERD_INPUT" | awk -v i="$NERD_TASK_INDEX" "NR % 4 == i" | '
+              '(cd "$NERD_INPUT" && xargs cat) | wc -l > "$NERD_OUTPUT/lines"')
+    try:
+        job = nerd("run", "--runtime", "process", "--input", f"{source}:/notes", "--output", "note-lines:/out",
+                   "--array", "4", "--wait", "sh", "--", "-c", script, env=env)
+    finally:
+        subprocess.run([*NERD, "worker", "stop"], env=env, stdout=subprocess.DEVNULL)
+    sid = job["outputs"].get("note-lines", "")
+    where = (f"{mnt}/note-lines/task-<i>/lines" if mnt
+             else f"`nerd dataset download note-lines DIR` (snapshot {sid[:12]})")
+    total = 0
+    if mnt and sid:  # the job's finalize told the mount to show the new snapshot
+        total = sum(int((mnt / "note-lines" / f"task-{i}" / "lines").read_text()) for i in range(4))
+    inp = job["inputs"][0]
+    print(f"job: {job['job']} on {inp['dataset']}@{inp['snapshot'][:12]}/{inp['path']}: {job['state']}, "
+          f"{job['counts'].get('succeeded', 0)}/{job['tasks']} tasks; output note-lines@{sid[:12]} at {where}"
+          + (f"; {total} lines in all" if total else ""))
+    return job["state"] == "succeeded" and len(sid) == 64
 
 
 def mib(n: int) -> str:

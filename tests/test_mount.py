@@ -69,7 +69,7 @@ def mounts(tmp_path):
     def make(store: str | None = None, **kw) -> Mounted:
         m = Mounted(tmp_path, store or f"file://{tmp_path / 'store'}", **kw)
         made.append(m)
-        return m.mount()
+        return m.mount("--refresh-interval", "2")
 
     yield make
     for m in made:
@@ -275,13 +275,41 @@ def test_real_programs_inside_the_mount(mounts, tmp_path):
     m.sync()
 
 
-def test_second_mount_sees_committed_snapshot(mounts, tmp_path):
+def test_second_mount_sees_and_follows_committed_snapshots(mounts, tmp_path):
     first = mounts()
     (first.mnt / "shared").mkdir()
     (first.mnt / "shared" / "hello.txt").write_text("from the first mount")
     first.sync()
     second = mounts(name="mnt2", cache="cache2")
     assert (second.mnt / "shared" / "hello.txt").read_text() == "from the first mount"
+    listed = os.listdir(second.mnt / "shared")  # the kernel now caches the old listing
+    assert not (second.mnt / "shared" / "new.txt").exists()  # ... and "no such file" for a name
+
+    # While both stay mounted, the second follows the first's commits: on
+    # `nerdfs sync`, and on its own within the refresh interval.
+    (first.mnt / "shared" / "hello.txt").write_text("changed by the first mount")
+    (first.mnt / "shared" / "new.txt").write_text("new")
+    (first.mnt / "other").mkdir()
+    first.sync()
+    second.sync()
+    assert listed == ["hello.txt"]
+    assert sorted(os.listdir(second.mnt / "shared")) == ["hello.txt", "new.txt"]
+    assert (second.mnt / "shared" / "hello.txt").read_text() == "changed by the first mount"
+    assert (second.mnt / "other").is_dir()
+
+    (first.mnt / "shared" / "new.txt").unlink()
+    first.sync()
+    deadline = time.monotonic() + 30
+    while (second.mnt / "shared" / "new.txt").exists():
+        assert time.monotonic() < deadline, "the second mount did not follow within its refresh interval"
+        time.sleep(0.5)
+
+    # A dataset with unsaved changes keeps them; its commit merges with the other's.
+    (second.mnt / "shared" / "mine.txt").write_text("second")
+    (first.mnt / "shared" / "theirs.txt").write_text("first")
+    first.sync()
+    second.sync()
+    assert sorted(os.listdir(second.mnt / "shared")) == ["hello.txt", "mine.txt", "theirs.txt"]
 
 
 def test_kill_9_keeps_fsynced_files_and_resumes(mounts, tmp_path):
@@ -289,14 +317,31 @@ def test_kill_9_keeps_fsynced_files_and_resumes(mounts, tmp_path):
     ds = m.mnt / "crash"
     ds.mkdir()
     payload = {f"f{i}": os.urandom(300_000 + i) for i in range(5)}
+    payload |= {f"small{n}": os.urandom(n) for n in (0, 100, 4096, 65536)}  # staged in memory
     for name, data in payload.items():
         with open(ds / name, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    # Still open at the crash: a small file, and one that outgrew its memory buffer.
+    open_small = open(ds / "open-small", "wb")
+    open_small.write(b"x" * 1000)
+    open_small.flush()
+    os.fsync(open_small.fileno())
+    open_grown = open(ds / "open-grown", "wb")
+    open_grown.write(b"y" * 1000)
+    open_grown.flush()
+    os.fsync(open_grown.fileno())
+    open_grown.write(b"z" * 200_000)
+    open_grown.flush()
+    os.fsync(open_grown.fileno())
+    payload |= {"open-small": b"x" * 1000, "open-grown": b"y" * 1000 + b"z" * 200_000}
     pid = m.pid()
     assert pid
     os.kill(pid, signal.SIGKILL)
+    for fh in (open_small, open_grown):
+        with contextlib.suppress(OSError):
+            fh.close()
     time.sleep(0.5)
     subprocess.run(["fusermount3", "-u", "-z", str(m.mnt)], check=False)
     again = mounts()

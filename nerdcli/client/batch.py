@@ -78,45 +78,49 @@ def submit(spec: JobSpec, config=None, *, endpoint: str | None = None, job_id: s
 
 
 def status(jd: JobDir, *, refresh: bool = True, config=None) -> Job:
+    """The job's state from its directory (a finished job: from result.json alone, without reading every task)."""
     doc = jd.job()
     spec = JobSpec.from_dict(doc["spec"])
     backend = None
     if refresh and jd.result() is None:
         backend = _backend_for(jd, doc, config)
         backend.refresh(jd.path)
-    records = jd.tasks()
     result = jd.result()
-    counts: dict[str, int] = {}
-    for r in records.values():
-        counts[r.state] = counts.get(r.state, 0) + 1
-    live: dict[int, str] = {}
-    if result is None:
-        backend = backend or _backend_for(jd, doc, config)
-        states = getattr(backend, "task_states", None)
-        live = {i: s for i, s in (states(jd.path) if states else {}).items() if i not in records}
-    for s in live.values():
-        counts[s] = counts.get(s, 0) + 1
-    unknown = spec.tasks - len(records) - len(live)
-    if unknown > 0:
-        counts[PENDING] = counts.get(PENDING, 0) + unknown
-    if result is not None:
+    if result is not None and "failed" in result:
+        counts, failed = dict(result.get("tasks", {})), list(result["failed"])
         state, code = result["state"], result["exit_code"]
     else:
-        state, code = job_state(records, spec.tasks)
-        if state in FINAL_STATES:
-            state, code = RUNNING, None  # every task ended; the commit of the outputs is under way
-        elif counts.get(RUNNING) or records:
-            state = RUNNING
-    failed = sorted((r for r in records.values() if r.state == "failed"), key=lambda r: (r.ended or "", r.index))
+        records = jd.tasks()
+        counts = {}
+        for r in records.values():
+            counts[r.state] = counts.get(r.state, 0) + 1
+        live: dict[int, str] = {}
+        if result is None:
+            backend = backend or _backend_for(jd, doc, config)
+            states = getattr(backend, "task_states", None)
+            live = {i: s for i, s in (states(jd.path) if states else {}).items() if i not in records}
+        for s in live.values():
+            counts[s] = counts.get(s, 0) + 1
+        unknown = spec.tasks - len(records) - len(live)
+        if unknown > 0:
+            counts[PENDING] = counts.get(PENDING, 0) + unknown
+        if result is not None:
+            state, code = result["state"], result["exit_code"]
+        else:
+            state, code = job_state(records, spec.tasks)
+            if state in FINAL_STATES:
+                state, code = RUNNING, None  # every task ended; the commit of the outputs is under way
+            elif counts.get(RUNNING) or records:
+                state = RUNNING
+        bad = sorted((r for r in records.values() if r.state == "failed"), key=lambda r: (r.ended or "", r.index))
+        failed = [{"index": r.index, "exit_code": r.exit_code, "error": r.error} for r in bad[:10]]
     return Job(id=jd.id, name=spec.name, state=state, exit_code=code, tasks=spec.tasks,
                counts=dict(sorted(counts.items())), backend=doc.get("backend", "local"),
                submitted=doc.get("submitted", ""), finished=(result or {}).get("finished"), image=spec.image,
                runtime=spec.runtime,
                inputs=[{"dataset": i.dataset, "snapshot": i.snapshot, "path": i.path, "dest": i.dest}
                        for i in spec.inputs],
-               outputs=(result or {}).get("outputs", {}),
-               failed=[{"index": r.index, "exit_code": r.exit_code, "error": r.error} for r in failed[:10]],
-               dir=str(jd.path))
+               outputs=(result or {}).get("outputs", {}), failed=failed, dir=str(jd.path))
 
 
 def get(job_id: str, config=None) -> Job:
@@ -144,19 +148,29 @@ def cancel(job_id: str, config=None, wait: float = 30.0) -> Job:
     return job
 
 
-def wait(job_id: str, timeout: float | None = None, config=None, poll: float = 0.2) -> Job:
-    """Block until the job has finished (and its outputs are committed); TimeoutError after ``timeout`` s."""
+def wait(job_id: str, timeout: float | None = None, config=None, poll: float = 0.5) -> Job:
+    """Block until the job has finished (and its outputs are committed); TimeoutError after ``timeout`` s.
+
+    Watches only for result.json (cheap), asking the backend to refresh every
+    ``poll`` s: reading every task record per poll slowed 1,000-task jobs down.
+    """
     jd = JobDir.find(job_id)
+    backend = _backend_for(jd, jd.job(), config)
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        job = status(jd, config=config)
-        if job.done:
-            return job
-        if deadline is not None and time.monotonic() >= deadline:
+    result_path = jd.path / "result.json"
+    delay, last_refresh = 0.01, 0.0
+    while not result_path.exists():
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            job = status(jd, config=config)
             raise TimeoutError(f"job {jd.id} still {job.state} after {timeout:g} s")
+        if now - last_refresh >= poll:
+            backend.refresh(jd.path)
+            last_refresh = time.monotonic()
+            continue
         time.sleep(delay)
-        delay = min(delay * 1.5, poll)
+        delay = min(delay * 1.5, 0.1)
+    return status(jd, config=config)
 
 
 def logs(job_id: str, task: int | None = None, follow: bool = False, poll: float = 0.3) -> Iterator[str]:
@@ -165,6 +179,7 @@ def logs(job_id: str, task: int | None = None, follow: bool = False, poll: float
     spec = jd.spec()
     if task is not None and not 0 <= task < spec.tasks:
         raise NotFound(f"job {jd.id} has no task {task} (it has {spec.tasks}: 0-{spec.tasks - 1})")
+    backend = _backend_for(jd, jd.job())
     indices = [task] if task is not None else list(range(spec.tasks))
     offsets = {i: 0 for i in indices}
     while True:
@@ -177,8 +192,7 @@ def logs(job_id: str, task: int | None = None, follow: bool = False, poll: float
                 yield text if task is not None else "".join(f"[{i}] {ln}\n" for ln in text.splitlines())
         if not follow or finished:
             return
-        if not finished:
-            status(jd)  # lets the backend notice dead workers / finished jobs
+        backend.refresh(jd.path)  # lets the backend notice dead workers and finish the job
         time.sleep(poll)
 
 

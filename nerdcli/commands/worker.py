@@ -19,7 +19,7 @@ def _line(w: dict) -> str:
 def worker() -> None:
     """Worker processes that run the local backend's tasks.
 
-    `nerd run` starts workers on demand (as many as cores and waiting tasks;
+    `nerd run` starts workers on demand (two per core, at most one per waiting task;
     they exit after two idle minutes); start long-lived ones here.
     """
 

@@ -62,9 +62,12 @@ def open_backend(config=None, endpoint: str | None = None) -> Backend:
     if kind == "local":
         from .local import LocalBackend
 
-        return LocalBackend()
-    from . import slurm  # lazily: only Slurm users need it (built on the infra branch)
-
+        return LocalBackend(config=config)
+    try:
+        from . import slurm  # lazily: only Slurm users need it
+    except ImportError as e:
+        raise ConfigError(f"nerd_api_endpoint {ep!r}: the Slurm backend is not available in this installation "
+                          f"({e})") from None
     return slurm.open_slurm(ep, config)
 
 

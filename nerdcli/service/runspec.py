@@ -76,7 +76,9 @@ def resolve_input(arg: str, config: Config, repo: Repository, warn=None) -> Inpu
             if not os.path.isdir(src):
                 raise UsageError(f"input {src} is not a directory in the mount — inputs are directories")
             name = ds
-            sid = control.call(mnt, {"op": "sync", "datasets": [ds]}, timeout=None)["snapshots"][ds]
+            sid = control.call(mnt, {"op": "sync", "datasets": [ds]}, timeout=None)["snapshots"].get(ds)
+            if not sid:
+                raise UsageError(f"input {src}: dataset {ds} in {mnt} has no snapshot yet (is it empty?)")
         return InputSpec(dataset=name, snapshot=sid, path=sub, dest=dest)
     if os.path.isdir(src):
         up = datatransfer.upload(src, config=config, repo=repo, warn=warn)
@@ -176,6 +178,8 @@ def build_spec(*, job_id: str, image: str, command: list[str], config: Config, n
         raise UsageError("two inputs/outputs use the same destination — give each its own :DEST")
     if any(os.path.normpath(d) == "/" for d in dests):
         raise UsageError("a destination must not be / — use e.g. /data")
+    if runtime == "process" and "/" in image and not os.path.isabs(image):
+        image = os.path.abspath(image)  # tasks run in their own work directory
     s3 = config.datasets.s3
     store = config.datasets.store_url()
     return JobSpec(name=name or Path(image).name or "job", image=image, command=list(command), inputs=ins,

@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -287,6 +288,17 @@ def _wait(proc: subprocess.Popen, limit: int | None, kill: Callable[[], None]) -
         return proc.wait(), True
 
 
+_HOST_ENV: dict[str, str] | None = None
+
+
+def _host_env() -> dict[str, str]:
+    """This process's environment, copied once (os.environ decodes every variable on each copy)."""
+    global _HOST_ENV
+    if _HOST_ENV is None:
+        _HOST_ENV = dict(os.environ)
+    return _HOST_ENV
+
+
 def _kill_group(proc: subprocess.Popen) -> Callable[[], None]:
     def kill() -> None:
         try:
@@ -308,25 +320,24 @@ def _run_process(spec: JobSpec, index: int, job_id: str, work: Path, sources: li
         p = work / _rel(o.dest)
         p.mkdir(parents=True, exist_ok=True)
         outs[o.dataset] = p
-    env = {**os.environ, **task_env(spec, index, job_id, ins, [str(p) for p in outs.values()]),
+    env = {**_host_env(), **task_env(spec, index, job_id, ins, [str(p) for p in outs.values()]),
            "NERD_WORK_DIR": str(work)}
     argv = [spec.image, *spec.command, *args] if spec.image else [*spec.command, *args]
-    preexec = None
-    if spec.memory:
-        mem = spec.memory
-
-        def preexec() -> None:  # noqa: F811 — only when a limit is set (it costs a fork per task)
-            import resource
-            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     try:
         proc = subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=logf,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
+                                stderr=subprocess.STDOUT, start_new_session=True)
     except FileNotFoundError:
         return Attempt(NOT_FOUND_EXIT, f"command not found: {argv[0]}")
     except PermissionError:
         return Attempt(CANNOT_EXEC_EXIT, f"command cannot be run (permission denied): {argv[0]}")
     except OSError as e:
         return Attempt(CANNOT_EXEC_EXIT, f"command {argv[0]} cannot be run: {e.strerror}")
+    if spec.memory:
+        # an address-space limit (no preexec_fn: unsafe with the worker's threads); children inherit it
+        try:
+            resource.prlimit(proc.pid, resource.RLIMIT_AS, (spec.memory, spec.memory))
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass
     kill = _kill_group(proc)
     control_.handle = f"pid:{proc.pid}"
     control_._arm(kill)
@@ -379,7 +390,7 @@ def _run_container(spec: JobSpec, index: int, job_id: str, work: Path, sources: 
     outs = {}
     for k, o in enumerate(spec.outputs):
         p = work / f"output-{k}"
-        p.mkdir()
+        p.mkdir(exist_ok=True)
         p.chmod(0o777)  # the container's user may not be ours
         outs[o.dataset] = p
     name = _container_name(job_id, index, attempt)
@@ -441,6 +452,55 @@ def work_root() -> Path:
     return Path(os.environ.get("NERD_WORK_DIR") or tempfile.gettempdir())
 
 
+_WORK_JOB: dict[Path, str] = {}  # work directory -> the job whose task used it last
+
+
+def _fresh_work_dir(job_id: str) -> Path:
+    """An empty work directory at a path this process/thread reuses for every task.
+
+    A stable path keeps the index's scan cache (one entry per uploaded file
+    path) from growing by one entry per output file of every task ever run;
+    and between tasks of one job the output directories are kept (emptied):
+    removing and re-creating directories was the slowest step of a tiny task
+    (rmdir on a busy ext4 with online discard took milliseconds).
+    """
+    work = work_root() / f"nerd-work-{os.getpid()}-{threading.get_ident() % 1_000_000}"
+    if _WORK_JOB.get(work) == job_id and work.is_dir():
+        return work  # emptied by _reset_work at the end of the previous task
+    if work.exists() or work.is_symlink():
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(mode=0o755)
+    _WORK_JOB[work] = job_id
+    return work
+
+
+def _reset_work(work: Path, keep: list[Path]) -> None:
+    """Empty the work directory for the next task, keeping the (emptied) directories in ``keep``."""
+    keep_set = set(keep)
+    ancestors = {a for k in keep for a in k.parents}
+    try:
+        _prune(work, keep_set, ancestors)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
+        _WORK_JOB.pop(work, None)
+
+
+def _prune(d: Path, keep: set[Path], ancestors: set[Path]) -> None:
+    with os.scandir(d) as it:
+        entries = list(it)
+    for e in entries:
+        p = Path(e.path)
+        if e.is_dir(follow_symlinks=False):
+            if p in keep:
+                _prune(p, set(), set())  # an output directory: everything in it goes
+            elif p in ancestors:
+                _prune(p, keep, ancestors)
+            else:
+                shutil.rmtree(p)
+        else:
+            os.unlink(p)
+
+
 def _upload_outputs(ctx: Context, spec: JobSpec, outs: dict[str, Path]) -> dict[str, str]:
     """Each non-empty output directory → its tree id in the store (deduplicated, not committed)."""
     trees = {}
@@ -480,7 +540,8 @@ def run_task(job_dir: str | os.PathLike, index: int, *, ctx: Context | None = No
                 if attempt > 1:
                     logf.write(f"nerd: attempt {attempt} of {spec.retries + 1}\n".encode())
                     logf.flush()
-                work = Path(tempfile.mkdtemp(prefix=f"nerd-{jd.id}-{index}-", dir=work_root()))
+                work = _fresh_work_dir(jd.id)
+                a = None
                 try:
                     args = spec.task_args[index]
                     if spec.runtime == "process":
@@ -501,7 +562,7 @@ def run_task(job_dir: str | os.PathLike, index: int, *, ctx: Context | None = No
                         rec.state = CANCELLED
                         break
                 finally:
-                    shutil.rmtree(work, ignore_errors=True)
+                    _reset_work(work, list(a.outputs.values()) if a is not None else [])
         return _finish(jd, rec)
     finally:
         if own:
@@ -559,7 +620,9 @@ def finalize(job_dir: str | os.PathLike, *, ctx: Context | None = None) -> dict:
             counts: dict[str, int] = {}
             for r in records.values():
                 counts[r.state] = counts.get(r.state, 0) + 1
+            failed = sorted((r for r in records.values() if r.state == FAILED), key=lambda r: (r.ended or "", r.index))
             result = {"state": state, "exit_code": code, "outputs": outputs, "tasks": counts,
+                      "failed": [{"index": r.index, "exit_code": r.exit_code, "error": r.error} for r in failed[:10]],
                       "finished": now_iso()}
             jd.write_result(result)
             _refresh_mounts(ctx, spec)

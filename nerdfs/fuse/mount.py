@@ -24,7 +24,8 @@ from ..errors import NerdError, UsageError
 from ..mountopts import MountOptions
 from ..repo import Repository
 from ..uploader import Journal, Uploader
-from ..workspace import FsError, Workspace
+from ..objects import Snapshot
+from ..workspace import ROOT, FsError, Workspace
 from .ops import Operations
 from .snapshots import SnapshotView
 
@@ -69,27 +70,78 @@ class Mount:
             self.ws.drop(ino)
             self.contents.drop(ino)
 
-    def refresh(self) -> None:
-        """Show the store's datasets: new ones appear, clean ones move to their current head.
+    def refresh(self) -> list[str]:
+        """At mount time: show the store's datasets as they are now."""
+        return self.apply_heads(self.remote_heads())
+
+    def remote_heads(self) -> dict[str, tuple[str, Snapshot, list[bytes]]]:
+        """The store's datasets whose head this mount does not show yet (store I/O only: run it in a thread).
 
         Also reads the store's chunk list into the index (at most daily), so
         data that is already stored is deduplicated, not uploaded again.
         """
         self.repo.refresh_known()
-        local = self.ws.dataset_dirs()
-        dirty = set(self.ws.dirty())
+        heads = {}
         for name in self.datasets.names():
             head = self.datasets.head(name)
-            if head is None:
-                continue
+            if head is not None and head.snapshot != self.ws.base(name):
+                snap = self.repo.get_snapshot(head.snapshot)
+                names = [os.fsencode(e.name) for e in self.repo.get_tree(snap.tree).entries]
+                heads[name] = (head.snapshot, snap, names)
+        return heads
+
+    def apply_heads(self, heads: dict[str, tuple[str, Snapshot, list[bytes]]]) -> list[str]:
+        """New datasets appear, clean ones move to their new head; returns the names that changed.
+
+        Runs without an await between the checks and the change, so no write
+        can slip in between: a dataset with unsaved changes or a file open for
+        writing keeps its working tree (its next commit merges instead).
+        """
+        local = self.ws.dataset_dirs()
+        dirty = set(self.ws.dirty())
+        changed = []
+        for name, (sid, snap, names) in sorted(heads.items()):
             if name not in local:
-                snap = self.repo.get_snapshot(head.snapshot)
                 self.ws.attach_dataset(name, snap.tree, snap.root_mode, snap.root_mtime_ns)
-                self.ws.set_base(name, head.snapshot, clean=True)
-            elif name not in dirty and self.ws.base(name) != head.snapshot:
-                snap = self.repo.get_snapshot(head.snapshot)
+                self._invalidate(ROOT, [name.encode()])
+            elif name in dirty or self.ws.base(name) == sid or self.ops.writing(name):
+                continue
+            else:
+                ino = local[name].ino
+                shown = [] if local[name].tree else [n for _, n, _ in self.ws.entries(ino)]
                 self.ws.replace_dataset_tree(name, snap.tree, snap.root_mode, snap.root_mtime_ns)
-                self.ws.set_base(name, head.snapshot, clean=True)
+                self._invalidate(ino, sorted(set(shown) | set(names)))  # gone names, and new ones cached as missing
+            self.ws.set_base(name, sid, clean=True)
+            changed.append(name)
+        return changed
+
+    def _invalidate(self, parent: int, names: list[bytes]) -> None:
+        """Make the kernel forget what it cached of a directory that changed under it."""
+        if not self._mounted:
+            return
+        for name in names:
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        try:
+            pyfuse3.invalidate_inode(parent, attr_only=True)
+        except OSError:
+            pass
+
+    _mounted = False
+
+    async def pull(self) -> list[str]:
+        """Follow other clients' commits now (``nerdfs sync``, the control op ``refresh``, periodically)."""
+        async with self.commit_lock:  # a commit moves heads too: never look in the middle of one
+            heads = await trio.to_thread.run_sync(self.remote_heads)
+            return self.apply_heads(heads)
+
+    async def periodic_refresh(self) -> None:
+        while True:
+            await trio.sleep(self.options.refresh_interval)
+            try:
+                await self.pull()
+            except NerdError as e:
+                self.last_error = str(e)
+                log.warning("refresh failed: %s", e)
 
     # ------------------------------------------------------------------ commit
 
@@ -188,7 +240,10 @@ class Mount:
             return self.status()
         if op == "sync":
             snaps = await self.commit(request.get("datasets") or None, send_progress)
+            await self.pull()
             return {"snapshots": snaps}
+        if op == "refresh":
+            return {"changed": await self.pull(), "datasets": sorted(self.ws.dataset_dirs())}
         if op == "umount":
             # Commit and upload while still mounted, so `nerdfs umount` returns
             # only when the data is in the store; --no-wait leaves it journaled.
@@ -240,6 +295,7 @@ async def _main(m: Mount, socket: str) -> None:
         await nursery.start(control.serve, socket, m.handle)
         nursery.start_soon(m.uploader.run)
         nursery.start_soon(m.periodic_commits)
+        nursery.start_soon(m.periodic_refresh)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async def on_signal() -> None:
                 async for _ in signals:
@@ -247,6 +303,7 @@ async def _main(m: Mount, socket: str) -> None:
                     return
             nursery.start_soon(on_signal)
             _raise_read_ahead(str(opts.mountpoint))
+            m._mounted = True
             opts.signal_ready()
             await pyfuse3.main()
         # Unmounted (also by fusermount3 -u or a signal): commit what is dirty,

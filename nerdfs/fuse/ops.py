@@ -156,7 +156,18 @@ class Operations(pyfuse3.Operations):
             return self._entry(self.view.root)
         if SnapshotView.owns(parent_inode):
             return self._entry(await trio.to_thread.run_sync(self.view.lookup, parent_inode, name))
-        node = await self._call(self.ws.lookup, parent_inode, name, cheap=self._expanded(parent_inode))
+        try:
+            node = await self._call(self.ws.lookup, parent_inode, name, cheap=self._expanded(parent_inode))
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            # A negative entry the kernel may cache: rsync and editors look up every name before
+            # creating it. Only this daemon changes a working tree, so the kernel hears of every
+            # creation; another client's commit invalidates the names it brings (Mount.apply_heads).
+            missing = pyfuse3.EntryAttributes()
+            missing.st_ino = 0
+            missing.entry_timeout = _TIMEOUT
+            return missing
         return self._entry(node)
 
     @_errors
@@ -177,12 +188,11 @@ class Operations(pyfuse3.Operations):
             fh = self._new_handle(inode, True)
             try:
                 await self._prepare_write(fh, False)
-                os.ftruncate(self.contents.fd(inode), attr.st_size)
+                self.contents.truncate(inode, attr.st_size)
                 st = self.opened[inode]
                 st.size, st.mtime_ns = attr.st_size, now
-                if not st.written:
-                    st.written = True
-                    self.ws.update(inode, unflushed=True)
+                st.written = True
+                self.contents.mark_unflushed(inode)
             finally:
                 await self.release(fh)
             changes["mtime_ns"] = now
@@ -360,29 +370,28 @@ class Operations(pyfuse3.Operations):
         st.writers += writable
         return fh
 
-    async def _stage(self, fh: int) -> int:
-        """The staging file for this handle (each handle holds at most one reference)."""
+    async def _stage(self, fh: int) -> None:
+        """Make sure this handle holds its file's staging buffer (each handle holds at most one reference)."""
         h = self._handles[fh]
         if h[2]:
-            return self.contents.fd(h[0])
+            return
         node = self.ws.get(h[0])
         small = node.size <= _INLINE_BYTES and not SnapshotView.owns(h[0])
-        fd = await self._call(self.contents.stage, h[0], cheap=small and all(
+        await self._call(self.contents.stage, h[0], cheap=small and all(
             self.contents.journal.has(c) for c, _ in node.chunks))
         h[2] = True
-        return fd
 
     async def _prepare_write(self, fh: int, truncate: bool) -> None:
         """Stage the file for a handle that is already registered (so no release can unstage it meanwhile)."""
         ino = self._handles[fh][0]
         st = self.opened[ino]
-        fd = await self._stage(fh)
+        await self._stage(fh)
         if st.size is None:
             st.size = self.ws.get(ino).size
         if truncate:
-            os.ftruncate(fd, 0)
+            self.contents.truncate(ino, 0)
             st.size, st.mtime_ns, st.written = 0, time.time_ns(), True
-            self.ws.update(ino, unflushed=True)
+            self.contents.mark_unflushed(ino)
 
     @_errors
     async def open(self, inode, flags, ctx):
@@ -422,8 +431,9 @@ class Operations(pyfuse3.Operations):
         if node is None or (st and st.writers):
             # Decoding a big inode per 128 KiB request is costly: keep it while nobody writes.
             node = h[3] = self._node(ino)
-        if node.staged:
-            return os.pread(await self._stage(fh), size, off)
+        if node.staged or self.contents.in_memory(ino):
+            await self._stage(fh)
+            return self.contents.pread(ino, size, off)
         return await trio.to_thread.run_sync(self.contents.read_chunks, node, off, size)
 
     @_errors
@@ -431,28 +441,29 @@ class Operations(pyfuse3.Operations):
         ino, writable, _, _ = self._handles[fh]
         if not writable:
             raise FsError(errno.EBADF)
-        n = os.pwrite(self.contents.fd(ino), buf, off)
+        n = self.contents.pwrite(ino, buf, off)
         st = self.opened[ino]
         if st.size is None:
             st.size = self.ws.get(ino).size
-        if not st.written:
-            st.written = True
-            self.ws.update(ino, unflushed=True)  # persisted once: a crash leaves content to recover
+        self.contents.mark_unflushed(ino)  # a no-op unless the buffer was clean
+        st.written = True
         st.size = max(st.size or 0, off + n)
         st.mtime_ns = time.time_ns()
         return n
 
     async def _persist(self, ino: int, durable: bool) -> None:
+        """Cut the file's new content into chunks (which sets its size), then record its mtime."""
         st = self.opened.get(ino)
-        if st and st.written:
-            self.ws.update(ino, size=st.size, mtime_ns=st.mtime_ns, ctime_ns=st.mtime_ns)
+        written = bool(st and st.written)
+        if st:
+            st.written = False  # a write during the flush sets it again
         size = st.size if st and st.size is not None else self.ws.get(ino).size
         journal = self.contents.journal
         # Inline only when the journal has room: waiting for the uploader on the loop would stop it.
         cheap = size <= _INLINE_BYTES and not durable and journal.pending_bytes + size <= journal.limit
         await self._call(self.contents.flush, ino, durable, cheap=cheap)
-        if st:
-            st.written = False  # the next write marks the staging file unflushed again
+        if written:
+            self.ws.update(ino, mtime_ns=st.mtime_ns, ctime_ns=st.mtime_ns)
 
     @_errors
     async def flush(self, fh):
@@ -483,6 +494,17 @@ class Operations(pyfuse3.Operations):
         if st.handles == 0 and self.opened.get(ino) is st:
             del self.opened[ino]
             self._maybe_drop(ino)
+
+    def writing(self, dataset: str) -> bool:
+        """Whether a file of ``dataset`` is open for writing (its working tree must not be replaced)."""
+        for ino, st in self.opened.items():
+            if st.writers or st.written:
+                try:
+                    if self.ws.get(ino).dataset == dataset:
+                        return True
+                except FsError:
+                    continue
+        return False
 
     async def flush_all(self, datasets: set[str] | None = None) -> None:
         """Flush every file open for writing (for a commit): its content so far becomes chunks."""
