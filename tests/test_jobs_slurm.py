@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nerdcli.jobs.model import CANCELLED, FAILED, JobSpec
-from nerdcli.jobs.slurm import (parse_indices, parse_rest_jobs, parse_scontrol, record_for, shell_exit_code,
+from nerdcli.jobs.slurm import (SlurmCLI, parse_indices, parse_rest_jobs, parse_scontrol, record_for, shell_exit_code,
                                 submit_options)
 
 
@@ -188,7 +188,7 @@ def test_time_limit_exceeded_fails_the_task_with_124(snerd):
     assert "TimeLimit=00:03:00" in show
 
 
-def test_cancel_kills_running_tasks_and_cancels_pending_ones(snerd, tmp_path):
+def test_cancel_kills_running_tasks_and_cancels_pending_ones(snerd, tmp_path, monkeypatch):
     marker = f"nerd-slurm-cancel-{os.getpid()}"
     job = snerd.submit("--array", "4", "--parallel", "1", "--output", "r:/o", "sh", "--", "-c",
                        f'echo $NERD_TASK_INDEX > "$NERD_OUTPUT/i"; [ "$NERD_TASK_INDEX" = 0 ] && exit 0; '
@@ -196,6 +196,10 @@ def test_cancel_kills_running_tasks_and_cancels_pending_ones(snerd, tmp_path):
     wait_for(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0, 60,
              "task 1 running")
     assert snerd.json("job", "status", job)["counts"] == {"pending": 2, "running": 1, "succeeded": 1}
+    monkeypatch.setenv("NERD_HOME", str(snerd.home))
+    monkeypatch.setenv("SLURM_CONF", str(snerd.slurm.conf))
+    [row] = SlurmCLI().queued()
+    assert (row["job"], row["pending"], row["running"], row["done"]) == (job, 2, 1, 1)
     doc = snerd.json("job", "cancel", job)
     assert doc["state"] == "cancelled" and doc["exit_code"] == 130
     assert doc["counts"] == {"cancelled": 3, "succeeded": 1}, doc["counts"]

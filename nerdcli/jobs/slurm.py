@@ -337,6 +337,31 @@ class SlurmBackend:
     def workers(self) -> list[dict]:
         return []  # Slurm's nodes run the tasks: see sinfo
 
+    def queued(self) -> list[dict]:
+        """Unfinished jobs of this endpoint in this NERD_HOME, with task counts (the rows ``nerd queue list`` shows)."""
+        from .model import jobs_dir
+
+        root = jobs_dir()
+        rows = []
+        for d in sorted(root.glob("j-*")) if root.is_dir() else []:
+            jd = JobDir(d)
+            try:
+                doc = jd.job()
+            except NerdError:
+                continue
+            if doc.get("backend") != "slurm" or doc.get("backend_ref", {}).get("endpoint") != self.endpoint:
+                continue
+            if jd.result() is not None:
+                continue
+            spec = JobSpec.from_dict(doc["spec"])
+            done = len(jd.tasks())
+            live = self.task_states(d)
+            running = sum(1 for s in live.values() if s == RUNNING)
+            rows.append({"job": jd.id, "state": "active", "tasks": spec.tasks, "parallel": spec.parallel,
+                         "pending": max(0, spec.tasks - done - running), "running": running, "done": done,
+                         "slurm_job": doc.get("backend_ref", {}).get("array_job")})
+        return rows
+
 
 class SlurmCLI(SlurmBackend):
     """Slurm through its command-line tools on this host."""
