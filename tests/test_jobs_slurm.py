@@ -294,3 +294,14 @@ def test_rest_api_without_or_with_a_bad_token_is_one_clear_line(rest_nerd):
     rest_nerd.extra["SLURM_JWT"] = rest_nerd.slurm.token() + "x"
     one_line_error(rest_nerd.run("run", "--backend", rest_nerd.backend, "--runtime", "process", "true"), 3,
                    "token")
+
+
+def test_rest_api_token_from_the_nerd_session(rest_nerd):
+    """Without SLURM_JWT the session's JWT (session.json, as `nerd login` writes it) authenticates."""
+    del rest_nerd.extra["SLURM_JWT"]
+    rest_nerd.home.mkdir(parents=True, exist_ok=True)
+    session = rest_nerd.home / "session.json"
+    session.write_text(json.dumps({"oauth": {}, "jwt": rest_nerd.slurm.token(), "project": {}}))
+    session.chmod(0o600)
+    doc = rest_nerd.submit("--wait", "true")
+    assert doc["state"] == "succeeded" and doc["backend"] == "slurm"
