@@ -170,10 +170,17 @@ def test_failing_task_fails_the_job_with_its_exit_code_and_keeps_logs(snerd, tmp
 
 
 def test_a_task_whose_wrapper_dies_is_failed_from_slurms_state(snerd):
-    """The wrapper killed (as by the OOM killer) writes no record: Slurm's FAILED 0:9 becomes exit code 137."""
-    doc = snerd.submit("--array", "2", "--wait", "sh", "--", "-c",
-                       '[ "$NERD_TASK_INDEX" = 1 ] && kill -9 $PPID; sleep 1', code=137)
-    assert doc["state"] == "failed" and doc["counts"] == {"failed": 1, "succeeded": 1}
+    """The wrapper killed (as by the OOM killer) writes no record: Slurm's FAILED 0:9 becomes exit code 137.
+
+    Nobody polls the job: the dependent finalize job records the task and commits on its own."""
+    job = snerd.submit("--array", "2", "--output", "r:/o", "sh", "--", "-c",
+                       'echo ok > "$NERD_OUTPUT/ok"; [ "$NERD_TASK_INDEX" = 1 ] && kill -9 $PPID; sleep 1')["job"]
+    result = snerd.job_dir(job) / "result.json"
+    wait_for(result.exists, 60, "result.json written by the finalize job")
+    assert '"state": "failed"' in (snerd.job_dir(job) / "logs" / "finalize.log").read_text()
+    assert list(json.loads(result.read_text())["outputs"]) == ["r"]  # task 0's output is committed
+    doc = snerd.json("job", "status", job)
+    assert doc["state"] == "failed" and doc["exit_code"] == 137 and doc["counts"] == {"failed": 1, "succeeded": 1}
     [failed] = doc["failed"]
     assert failed["index"] == 1 and failed["exit_code"] == 137 and "without recording a result" in failed["error"]
 
