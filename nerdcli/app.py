@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .config import Config
-from .output import Output
+from .output import OUTPUT_LOGGER, Output
 from .session import Session
 
 
@@ -33,25 +33,29 @@ class App:
         return self._config
 
     def session(self) -> Session:
-        return Session.load(self.session_file)
+        """The session file with NERD_JWT / NERD_JWT_REFRESH_TOKEN on top; a world-readable one is fixed (warned)."""
+        self.config  # noqa: B018 - sets up the log file before anything is read
+        return Session.load(self.session_file, warn=self.out.warn)
 
 
 def _setup_logging(cfg: Config, debug: bool) -> None:
+    """``--debug`` logs to stderr; ``logging.enabled`` sends debug logs and all command output to a rotated file."""
     root = logging.getLogger()
     if debug:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler.addFilter(lambda record: record.name != OUTPUT_LOGGER)  # already on the terminal
         root.addHandler(handler)
-        root.setLevel(logging.DEBUG)
-        for noisy in ("botocore", "urllib3", "boto3", "s3transfer"):
-            logging.getLogger(noisy).setLevel(logging.INFO)
     if cfg.logging.enabled:
         path = Path(os.path.expanduser(cfg.logging.file_location))
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.handlers.RotatingFileHandler(path, maxBytes=10 << 20, backupCount=3)
         fh.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
         root.addHandler(fh)
+    if debug or cfg.logging.enabled:
         root.setLevel(logging.DEBUG)
+        for noisy in ("botocore", "urllib3", "boto3", "s3transfer", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.INFO)
 
 
 def output_option(f):

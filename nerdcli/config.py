@@ -8,7 +8,8 @@ Example::
     {
       "auth": {"api_endpoint": "https://auth.example.org", "public_key": "-----BEGIN PUBLIC KEY-----...",
                "client_id": "nerd-cli", "oauth_localserver": "localhost:9876",
-               "oauth_success_url": "https://example.org/logged-in"},
+               "oauth_success_url": "https://example.org/logged-in",
+               "scope": "openid offline_access"},
       "logging": {"enabled": false, "file_location": "~/.nerd/nerd.log"},
       "nerd_api_endpoint": "local",
       "datasets": {"store": "s3://my-bucket/nerd", "cache_dir": "~/.nerd/cache", "cache_size": "20GiB",
@@ -45,6 +46,7 @@ class AuthConfig:
     client_id: str = ""
     oauth_localserver: str = "localhost:9876"
     oauth_success_url: str = ""
+    scope: str = ""  # sent with the authorization request when set, e.g. "openid offline_access"
 
 
 @dataclass

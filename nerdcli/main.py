@@ -35,6 +35,7 @@ def cli(ctx: click.Context, config_file: str | None, session_file: str | None, f
 
     \b
     Examples:
+      nerd login                               # once: a browser round trip
       nerd dataset upload ./genomes            # new snapshot of dataset "genomes"
       nerd dataset list --output json
       nerd dataset download genomes@3fa2 ./restore
@@ -43,13 +44,14 @@ def cli(ctx: click.Context, config_file: str | None, session_file: str | None, f
 
 
 def _register() -> None:
+    from .commands.auth import login, logout
     from .commands.dataset import dataset
     from .commands.job import job
     from .commands.queue import queue
     from .commands.run import run
     from .commands.worker import worker
 
-    for command in (dataset, run, job, queue, worker):
+    for command in (dataset, login, logout, run, job, queue, worker):
         cli.add_command(command)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from typing import Any, Iterator
 
@@ -14,6 +15,11 @@ from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TextColum
 
 from nerdfs import Progress, ProgressCallback
 from nerdfs.console import human_bytes  # noqa: F401 - part of this module's surface
+
+OUTPUT_LOGGER = "nerd.output"
+"""Everything a command prints is also logged here, so ``logging.enabled`` keeps a record of it."""
+_log = logging.getLogger(OUTPUT_LOGGER)
+_log.addHandler(logging.NullHandler())  # printed already: never again through logging's last-resort handler
 
 
 class Output:
@@ -26,19 +32,26 @@ class Output:
     def json(self) -> bool:
         return self.format == "json"
 
-    def emit(self, doc: Any, text: str | None = None) -> None:
-        """The command's result: one JSON document, or human text."""
+    def emit(self, doc: Any, text: str | None = None, *, secret: bool = False) -> None:
+        """The command's result: one JSON document, or human text (kept out of the log file if ``secret``)."""
         if self.json:
-            click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+            out = json.dumps(doc, indent=2, sort_keys=False, default=str)
         elif text is not None:
-            click.echo(text)
+            out = text
+        else:
+            return
+        click.echo(out)
+        _log.info("stdout: %s", "(a secret, not logged)" if secret else out)
 
     def warn(self, message: str) -> None:
         click.echo(f"nerd: warning: {message}", err=True)
+        _log.warning("%s", message)
 
-    def hint(self, message: str) -> None:
-        if not self.json:
+    def hint(self, message: str, *, always: bool = False) -> None:
+        """A note for the person at the terminal (stderr); ``always`` prints it with JSON output too."""
+        if always or not self.json:
             click.echo(message, err=True)
+            _log.info("stderr: %s", message)
 
     @contextlib.contextmanager
     def progress(self, description: str) -> Iterator[ProgressCallback | None]:

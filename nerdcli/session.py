@@ -8,15 +8,17 @@ container needs no files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from nerdfs import ConfigError
 
-from .config import default_session_path
+from .config import default_session_path, nerd_home
 
 
 @dataclass
@@ -25,10 +27,20 @@ class Session:
     jwt: str = ""
     project: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    env: tuple[str, ...] = ()
+    """The variables (NERD_JWT, NERD_JWT_REFRESH_TOKEN) that override the file; never saved."""
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> "Session":
+    def load(cls, path: str | os.PathLike | None = None, *, env: bool = True,
+             warn: Callable[[str], None] | None = None) -> "Session":
+        """The session at ``path`` (default ``~/.nerd/session.json``), empty if missing.
+
+        With ``env`` (the default) NERD_JWT and NERD_JWT_REFRESH_TOKEN override
+        the file's tokens. A session other users can read is made 0600 and
+        ``warn`` is told, since its tokens may have leaked.
+        """
         p = Path(path) if path else default_session_path()
+        _fix_permissions(p, warn or logging.getLogger(__name__).warning)
         try:
             doc = json.loads(p.read_text())
         except FileNotFoundError:
@@ -42,16 +54,37 @@ class Session:
         s = cls(oauth=doc.get("oauth") or {}, jwt=doc.get("jwt") or "", project=doc.get("project") or {}, path=p)
         if not isinstance(s.oauth, dict) or not isinstance(s.jwt, str) or not isinstance(s.project, dict):
             raise ConfigError(f"session {p}: oauth/project must be objects and jwt a string — delete it and run nerd login")
-        if os.environ.get("NERD_JWT"):
-            s.jwt = os.environ["NERD_JWT"]
-        if os.environ.get("NERD_JWT_REFRESH_TOKEN"):
-            s.oauth = {**s.oauth, "refresh_token": os.environ["NERD_JWT_REFRESH_TOKEN"]}
+        if not isinstance(s.oauth.get("refresh_token", ""), str):
+            raise ConfigError(f"session {p}: oauth.refresh_token must be a string — delete it and run nerd login")
+        if not env:
+            return s
+        jwt, refresh = os.environ.get("NERD_JWT", ""), os.environ.get("NERD_JWT_REFRESH_TOKEN", "")
+        if jwt or refresh:  # the environment replaces the file's tokens as a whole, never mixes with them
+            s.jwt = jwt
+            s.oauth = {"refresh_token": refresh} if refresh else {}
+            s.env = tuple(name for name, value in (("NERD_JWT", jwt), ("NERD_JWT_REFRESH_TOKEN", refresh)) if value)
         return s
 
+    @property
+    def refresh_token(self) -> str:
+        return self.oauth.get("refresh_token") or ""
+
+    @property
+    def source(self) -> str:
+        """Where the tokens come from, for messages: the variable names or the file."""
+        return " and ".join(self.env) if self.env else f"session {self.path or default_session_path()}"
+
     def save(self) -> None:
-        """Atomic write: temp file (0600) in the same directory, fsync, rename."""
+        """Atomic write: temp file (0600) in the same directory, fsync, rename.
+
+        Refused while tokens come from the environment, so they never land in a file.
+        """
+        if self.env:
+            raise AssertionError(f"session with tokens from {self.source} must not be saved")
         p = self.path or default_session_path()
         p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if p.parent == nerd_home() and stat.S_IMODE(p.parent.stat().st_mode) & 0o077:
+            os.chmod(p.parent, 0o700)  # nerd's own directory; never a user-chosen one like /tmp
         tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -63,3 +96,20 @@ class Session:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def _fix_permissions(p: Path, warn: Callable[[str], None]) -> None:
+    """Tokens readable by other users: tell the user (they may have leaked) and make the file 0600."""
+    try:
+        mode = stat.S_IMODE(p.stat().st_mode)
+    except OSError:
+        return
+    if mode & 0o077:
+        try:
+            os.chmod(p, 0o600)
+        except OSError as e:
+            warn(f"session {p} is readable by other users (mode {mode:04o}) and cannot be fixed ({e.strerror}) "
+                 f"— run chmod 600 {p}")
+            return
+        warn(f"session {p} was readable by other users (mode {mode:04o}); it is now 0600 — if someone may "
+             f"have read it, run nerd logout and nerd login")

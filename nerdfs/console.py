@@ -7,6 +7,7 @@ with ``--output json``), a documented exit code, tracebacks only on request.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import click
@@ -57,6 +58,10 @@ def wants_json(args: list[str]) -> bool:
 
 def fail(prog: str, message: str, code: int, kind: str, json_out: bool) -> None:
     click.echo(f"{prog}: error: {message}", err=True)
+    record = logging.getLogger(f"{prog}.output")  # for the log file, if there is one
+    if not record.handlers:
+        record.addHandler(logging.NullHandler())  # never the last-resort stderr handler: the line is printed
+    record.error("exit %d: %s", code, message)
     if json_out:
         click.echo(json.dumps({"error": {"type": kind, "message": message, "exit_code": code}}))
     sys.exit(code)

@@ -2,10 +2,12 @@
 
 A file that is written gets a staging buffer, filled from its chunks first if
 it had content: a staging file (``staging/<ino>``), or for a small file a
-bytearray in memory that becomes a staging file once it grows past
-``MEMORY_MAX`` (a file create, rename and unlink per small file would cost
-more than the rest of its way into the mount). What is in memory is made
-durable the POSIX way: by fsync or close, which cut it into chunks. Flushing (close of the last writer,
+bytearray in memory (a file create, rename and unlink per small file would
+cost more than the rest of its way into the mount). A small file that grows
+past ``MEMORY_MAX`` becomes an :class:`Appender` (written front to back, it is
+cut into chunks as it streams in, with no staging file) or, for any other
+pattern of writes, a staging file. What is in memory is made durable the
+POSIX way: by fsync or close, which cut it into chunks. Flushing (close of the last writer,
 fsync, commit) cuts the staging file again: FastCDC resynchronises, so only
 the chunks around a change are new, and only those are journaled for upload.
 Every method here blocks: the FUSE layer runs them in worker threads,
@@ -22,6 +24,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from .appender import Appender
 from .chunker import chunk_id
 from .errors import IntegrityError, NerdError
 from .repo import CHUNK, Repository
@@ -30,6 +33,7 @@ from .workspace import FsError, Inode, Workspace
 
 
 MEMORY_MAX = 64 * 1024
+MAX_APPENDERS = 4  # files streaming at once (each holds up to ~32 MiB); more use staging files
 
 
 class _Buffer:
@@ -94,7 +98,9 @@ class Contents:
         self.journal = journal
         self.dir = root / "staging"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._bufs: dict[int, _Buffer | _MemoryBuffer] = {}
+        self._bufs: dict[int, _Buffer | _MemoryBuffer | Appender] = {}
+        self._cutter = ThreadPoolExecutor(2, thread_name_prefix="nerd-cut")
+        self._appenders = 0
         self._refs: dict[int, int] = {}  # stage() calls not yet matched by unstage()
         self._lock = threading.Lock()
         self._inode_locks: dict[int, threading.Lock] = {}
@@ -181,7 +187,7 @@ class Contents:
 
     # ------------------------------------------------------------------ staging
 
-    def _buffer(self, ino: int) -> _Buffer | _MemoryBuffer:
+    def _buffer(self, ino: int) -> _Buffer | _MemoryBuffer | Appender:
         with self._lock:
             buf = self._bufs.get(ino)
         if buf is None:
@@ -191,21 +197,80 @@ class Contents:
     def in_memory(self, ino: int) -> bool:
         """Whether the file's latest content is in a staging buffer in memory (reads must go there)."""
         with self._lock:
-            return isinstance(self._bufs.get(ino), _MemoryBuffer)
+            return isinstance(self._bufs.get(ino), (_MemoryBuffer, Appender))
+
+    def must_settle(self, ino: int, write_at: int | None = None) -> bool:
+        """Whether a read, truncate (``write_at=None``) or write at ``write_at`` needs :meth:`settle`
+        first: the file is streaming and the request is not an append. Settling may read the whole
+        file back, so the caller runs it in a thread."""
+        with self._lock:
+            buf = self._bufs.get(ino)
+        return isinstance(buf, Appender) and (write_at is None or not buf.accepts(write_at))
+
+    def settle(self, ino: int) -> None:
+        """A streaming file becomes a staging file: its journaled chunks and its tail, on disk."""
+        with self.inode_lock(ino):
+            with self._lock:
+                buf = self._bufs.get(ino)
+            if not isinstance(buf, Appender):
+                return
+            chunks, tail = buf.contents()
+            path = self.staging_path(ino)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                offset = 0
+                for cid, n in chunks:
+                    os.pwrite(fd, self.chunk(cid), offset)
+                    offset += n
+                os.pwrite(fd, tail, offset)
+            except (OSError, NerdError):
+                os.close(fd)
+                raise
+            new = _Buffer(fd)
+            new.dirty, new.writes = buf.dirty, buf.writes
+            self.ws.update(ino, staged=True, unflushed=buf.dirty)
+            with self._lock:
+                self._bufs[ino] = new
+                self._appenders -= 1
+            buf.close()
+
+    def backlogged(self, ino: int) -> bool:
+        """Whether a streaming file's writer is ahead of the chunker (then it waits: :meth:`catch_up`)."""
+        with self._lock:
+            buf = self._bufs.get(ino)
+        return isinstance(buf, Appender) and buf.backlogged()
+
+    def catch_up(self, ino: int) -> None:
+        with self._lock:
+            buf = self._bufs.get(ino)
+        if isinstance(buf, Appender):
+            buf.wait()
 
     def pread(self, ino: int, size: int, offset: int) -> bytes:
-        return self._buffer(ino).pread(size, offset)
+        buf = self._buffer(ino)
+        if isinstance(buf, Appender):
+            self.settle(ino)
+            buf = self._buffer(ino)
+        return buf.pread(size, offset)
 
     def pwrite(self, ino: int, data: bytes, offset: int) -> int:
         buf = self._buffer(ino)
         if isinstance(buf, _MemoryBuffer) and offset + len(data) > MEMORY_MAX:
             buf = self._spill(ino, buf)
+        if isinstance(buf, Appender) and not buf.accepts(offset):
+            self.settle(ino)
+            buf = self._buffer(ino)
         return buf.pwrite(data, offset)
 
     def truncate(self, ino: int, size: int) -> None:
         buf = self._buffer(ino)
         if isinstance(buf, _MemoryBuffer) and size > MEMORY_MAX:
             buf = self._spill(ino, buf)
+        if isinstance(buf, Appender):
+            if size == buf.size:
+                return
+            self.settle(ino)
+            buf = self._buffer(ino)
         buf.truncate(size)
 
     def mark_unflushed(self, ino: int) -> None:
@@ -217,9 +282,20 @@ class Contents:
             if isinstance(buf, _Buffer):
                 self.ws.update(ino, unflushed=True)
 
-    def _spill(self, ino: int, mem: _MemoryBuffer) -> _Buffer:
-        """A small file grew: its memory buffer becomes a staging file."""
+    def _spill(self, ino: int, mem: _MemoryBuffer) -> _Buffer | Appender:
+        """A small file grew: its memory buffer becomes an appender (or a staging file)."""
         with self.inode_lock(ino):
+            with self._lock:
+                stream = self._appenders < MAX_APPENDERS
+                if stream:
+                    self._appenders += 1
+            if stream:
+                app = Appender(self.repo.chunker, self.journal.add, bytes(mem.data), self._cutter)
+                app.dirty, app.writes = mem.dirty, mem.writes
+                with self._lock:
+                    self._bufs[ino] = app
+                mem.close()
+                return app
             path = self.staging_path(ino)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             os.pwrite(fd, mem.data, 0)
@@ -231,8 +307,11 @@ class Contents:
             mem.close()
             return buf
 
-    def stage(self, ino: int) -> None:
-        """Open (creating and filling if needed) the staging buffer of inode ``ino``."""
+    def stage(self, ino: int, empty: bool = False) -> None:
+        """Open (creating and filling if needed) the staging buffer of inode ``ino``.
+
+        ``empty``: the caller truncates the file next, so its old content is not read.
+        """
         with self.inode_lock(ino):
             with self._lock:
                 if ino in self._bufs:
@@ -243,6 +322,8 @@ class Contents:
             if node.staged and path.exists():
                 buf: _Buffer | _MemoryBuffer = _Buffer(os.open(path, os.O_RDWR))
                 buf.dirty = node.unflushed
+            elif empty and not node.staged:
+                buf = _MemoryBuffer(b"")
             elif node.size <= MEMORY_MAX:
                 buf = _MemoryBuffer(b"".join(self.chunk(cid) for cid, _ in node.chunks))
                 buf.truncate(node.size)
@@ -277,7 +358,10 @@ class Contents:
                 buf = self._bufs.pop(ino, None)
             if buf is not None:
                 buf.close()
-            if isinstance(buf, _MemoryBuffer):
+            if isinstance(buf, Appender):
+                with self._lock:
+                    self._appenders -= 1
+            if isinstance(buf, (_MemoryBuffer, Appender)):
                 return
             try:
                 node = self.ws.get(ino)
@@ -294,7 +378,16 @@ class Contents:
             with self._lock:
                 buf = self._bufs.get(ino)
             seen = buf.writes if buf is not None else 0
-            if isinstance(buf, _MemoryBuffer):
+            if isinstance(buf, Appender):
+                if buf.dirty:
+                    chunks, size = buf.finish()
+                    clean = buf.writes == seen
+                    if clean:
+                        buf.dirty = False
+                    node = self.ws.update(ino, chunks=chunks, unflushed=False, size=size)
+                else:
+                    node = self.ws.get(ino)
+            elif isinstance(buf, _MemoryBuffer):
                 node = self._cut(ino, io.BytesIO(buf.data), buf, seen) if buf.dirty else self.ws.get(ino)
             else:
                 node = self.ws.get(ino)
@@ -324,6 +417,8 @@ class Contents:
             buf = self._bufs.pop(ino, None)
             self._refs.pop(ino, None)
             self._inode_locks.pop(ino, None)
+            if isinstance(buf, Appender):
+                self._appenders -= 1
         if buf is not None:
             buf.close()
         self.staging_path(ino).unlink(missing_ok=True)

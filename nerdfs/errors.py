@@ -69,6 +69,12 @@ class UnsafeEntry(IntegrityError):
     """A tree entry whose name would escape the target directory."""
 
 
+class AuthError(NerdError):
+    """Not logged in, a login that expired or was refused, or a token that does not verify."""
+
+    exit_code = 8
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "internal error (a bug: please report it with --debug output)",
@@ -78,5 +84,6 @@ EXIT_CODES: dict[int, str] = {
     5: "conflict: a concurrent change to the same dataset",
     6: "store error: unreachable, access denied, no such bucket",
     7: "integrity error: corrupted or unsafe data in the store",
+    8: "authentication error: not logged in, login expired or denied, token invalid",
     130: "interrupted (Ctrl-C)",
 }

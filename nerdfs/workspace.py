@@ -70,6 +70,7 @@ class Inode(FileKind):
     target: str = ""  # symlink
     cookie: int = 0  # next directory cookie (directories)
     link: int = 0  # hard-link id in snapshots (files with several names)
+    parent: int = 0  # directories: the one directory holding it (0: not recorded, older index)
 
     def to_bytes(self) -> bytes:
         d = {k: v for k, v in self.__dict__.items() if k != "ino" and v not in (None, "", [], False, 0)}
@@ -215,7 +216,7 @@ class Workspace:
             if node.tree is None:
                 return
             for e in tree.entries:
-                child = self._from_entry(txn, e, node.dataset)
+                child = self._from_entry(txn, e, node.dataset, ino)
                 self._link(txn, node, os.fsencode(e.name), child.ino)
                 for k, v in e.xattrs.items():
                     txn.put(_U64.pack(child.ino) + b"\0" + os.fsencode(k), v, db=self._xattrs)
@@ -224,7 +225,7 @@ class Workspace:
             node.tree = None
             self.put(node, txn)
 
-    def _from_entry(self, txn, e: Entry, dataset: str) -> Inode:
+    def _from_entry(self, txn, e: Entry, dataset: str, parent: int) -> Inode:
         if e.link:  # another name of a file already expanded: the same inode
             known = txn.get(self._link_key(dataset, e.link), db=self._meta)
             if known is not None:
@@ -241,7 +242,7 @@ class Workspace:
                 node.link, node.nlink = e.link, e.nlink
                 txn.put(self._link_key(dataset, e.link), _U64.pack(node.ino), db=self._meta)
         elif e.kind == DIR:
-            node.tree = e.tree
+            node.tree, node.parent = e.tree, parent
         else:
             node.target, node.size = e.target or "", len(os.fsencode(e.target or ""))
         self.put(node, txn)
@@ -268,7 +269,7 @@ class Workspace:
             ds = dataset if dataset is not None else p.dataset
             node = Inode(self._new_ino(txn), mode, self.uid, self.gid, atime_ns=now, mtime_ns=now, ctime_ns=now,
                          dataset=ds, nlink=2 if stat.S_ISDIR(mode) else 1, target=target,
-                         size=len(os.fsencode(target)))
+                         size=len(os.fsencode(target)), parent=parent if stat.S_ISDIR(mode) else 0)
             self.put(node, txn)
             self._link(txn, p, name, node.ino)
             if node.is_dir:
@@ -373,6 +374,8 @@ class Workspace:
                 self.put(dst, txn)
             moved = self.get(node.ino, txn)
             moved.ctime_ns = now
+            if moved.is_dir:
+                moved.parent = new_parent
             self.put(moved, txn)
         self.mark_dirty(node.dataset)
         if dst.dataset != node.dataset:
@@ -380,7 +383,24 @@ class Workspace:
         return victim
 
     def _is_ancestor(self, txn, ancestor: int, ino: int) -> bool:
-        """Whether ``ancestor`` is ``ino`` or above it (renaming a dir into itself)."""
+        """Whether ``ancestor`` is ``ino`` or above it (renaming a dir into itself).
+
+        Walks up the parent pointers: a few steps, whatever the size of the
+        moved tree. Directories from an index without them fall back to a
+        search down from ``ancestor``.
+        """
+        up = ino
+        while up != ROOT:
+            if up == ancestor:
+                return True
+            raw = txn.get(_U64.pack(up), db=self._inodes)
+            parent = json.loads(raw).get("parent", 0) if raw is not None else 0
+            if not parent:
+                return self._is_ancestor_by_search(txn, ancestor, ino)
+            up = parent
+        return ancestor == ROOT
+
+    def _is_ancestor_by_search(self, txn, ancestor: int, ino: int) -> bool:
         # Walk down from ancestor is expensive; walk the dirents up instead is not
         # indexed, so check by search from ancestor, bounded by the subtree size.
         stack = [ancestor]
@@ -572,11 +592,12 @@ class Workspace:
                 node.link = fresh.link
         return node.link
 
-    def tree_of(self, ino: int, put_tree) -> tuple[str, int, int]:
+    def tree_of(self, ino: int, put_tree, chunk_seen=None) -> tuple[str, int, int]:
         """Store the trees under directory ``ino`` bottom-up; (tree id, files, bytes).
 
         Unexpanded directories are reused by id without being read. Files
-        must be flushed first (their chunk list is what gets committed).
+        must be flushed first (their chunk list is what gets committed);
+        ``chunk_seen(id)`` hears of every chunk of a file that was read.
         """
         node = self.get(ino)
         if node.tree is not None:
@@ -586,12 +607,15 @@ class Workspace:
         for _, name, child in list(self.entries(ino)):
             e = Entry(name=os.fsdecode(name), kind=DIR, mode=child.mode & 0o7777, mtime_ns=child.mtime_ns)
             if child.is_dir:
-                e.tree, f, s = self.tree_of(child.ino, put_tree)
+                e.tree, f, s = self.tree_of(child.ino, put_tree, chunk_seen)
                 files, size = files + f, size + s
             elif child.is_file:
                 if child.unflushed:
                     raise FsError(errno.EAGAIN)  # the caller flushes first
                 e.kind, e.size, e.chunks = FILE, child.size, list(child.chunks)
+                if chunk_seen is not None:
+                    for cid, _ in child.chunks:
+                        chunk_seen(cid)
                 files, size = files + 1, size + child.size
                 if child.nlink > 1:
                     e.link, e.nlink = self._link_id(child), child.nlink

@@ -76,11 +76,11 @@ def main() -> int:
         nerd(env, "worker", "stop")
 
         print(f"{args.tasks} tasks, {cores} cores, command: sh -c '{CMD}'")
-        print(f"{'xargs -P ' + str(cores):<44}{xargs_s:8.2f} s")
+        print(f"{'xargs -P ' + str(cores):<48}{xargs_s:8.2f} s")
         for label, secs in ((f"nerd run --wait (cold: starts {2 * cores} workers)", cold_s),
                             (f"nerd run --wait (warm: {2 * cores} workers running)", warm_s),
                             ("nerd run --wait (warm, outputs already stored)", dedup_s)):
-            print(f"{label:<44}{secs:8.2f} s   {secs / xargs_s:5.2f}x xargs   "
+            print(f"{label:<48}{secs:8.2f} s   {secs / xargs_s:5.2f}x xargs   "
                   f"{secs / args.tasks * 1000:6.2f} ms/task")
         return 0
     finally:

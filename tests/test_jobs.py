@@ -80,6 +80,13 @@ def wait_gone(pid: int, timeout: float = 10) -> bool:
     return gone(pid)
 
 
+def container_of(podman, job: str, index: int = 0) -> str | None:
+    """The name of the container running task ``index`` of ``job``, if one exists."""
+    r = podman.run("ps", "-a", "--filter", f"name=^nerd-{job}-{index}-", "--format", "{{.Names}}", check=False)
+    names = r.stdout.split()
+    return names[0] if names else None
+
+
 def download(nerd: Nerd, spec: str, dest: Path) -> Path:
     nerd.json("dataset", "download", spec, str(dest))
     return dest
@@ -346,8 +353,7 @@ def test_podman_unknown_image_oom_and_cancel_kills_the_container(podman, nerd, t
     while nerd.json("job", "status", job)["counts"].get("running", 0) < 1:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    name = f"nerd-{job}-0-1"
-    while podman.run("container", "exists", name, check=False).returncode != 0:
+    while (name := container_of(podman, job)) is None:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     doc = nerd.json("job", "cancel", job)
@@ -411,3 +417,19 @@ def test_tasks_sharing_a_work_directory_never_see_each_others_files(nerd, tmp_pa
         assert sorted(os.listdir(out / f"task-{i}")) == ["before", "cwd", f"d{i}"]
         assert (out / f"task-{i}" / "before").read_text() == "[]\n"  # an empty output directory
         assert (out / f"task-{i}" / "cwd").read_text().split() == ["in", "o"]  # no scratch left behind
+
+
+def test_podman_task_of_a_killed_worker_is_removed_and_rerun(podman, nerd, tmp_path):
+    job = nerd.json("run", "--runtime", "podman", "--output", "r:/o", podman.image, "--", "sh", "-c",
+                    "sleep 3; echo ok > /o/x")["job"]
+    deadline = time.monotonic() + 30
+    while (name := container_of(podman, job)) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    [victim] = [w for w in nerd.json("worker", "list")["workers"] if w["task"]]
+    os.kill(victim["pid"], signal.SIGKILL)
+    doc = nerd.json("job", "wait", job, timeout=90)
+    assert doc["state"] == "succeeded" and doc["counts"] == {"succeeded": 1}
+    assert podman.run("container", "exists", name, check=False).returncode != 0  # not left running
+    out = download(nerd, "r", tmp_path / "r")
+    assert (out / "task-0" / "x").read_text() == "ok\n"

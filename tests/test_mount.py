@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -155,6 +156,21 @@ def test_posix_basics(mounts):
     f.unlink()
     assert os.pread(fd, 100, 0) == b"hello!" and not f.exists()
     os.close(fd)
+    # a directory cannot move into itself, however deep; next to itself it can
+    (ds / "a" / "b" / "c").mkdir(parents=True)
+    with pytest.raises(OSError) as e:
+        os.rename(ds / "a", ds / "a" / "b" / "c" / "a")
+    assert e.value.errno == errno.EINVAL
+    os.rename(ds / "a" / "b" / "c", ds / "c")
+    os.rename(ds / "a", ds / "c" / "a")
+    assert (ds / "c" / "a" / "b").is_dir()
+    m.sync()
+    m.umount()
+    m.mount()  # directories that come back from a snapshot know their parents too
+    with pytest.raises(OSError) as e:
+        os.rename(ds / "c", ds / "c" / "a" / "b" / "c")
+    assert e.value.errno == errno.EINVAL
+    shutil.rmtree(ds / "c")
     # rename over an existing file is atomic and replaces it
     (ds / "x").write_text("x")
     (ds / "y").write_text("y")
@@ -231,6 +247,43 @@ def test_random_operations_match_a_reference(mounts, tmp_path):
         for name in listing:
             assert (real / name).read_bytes() == (ref / name).read_bytes(), (step, op, name)
     m.sync()
+
+
+def test_streaming_writes_then_other_access_patterns(mounts, tmp_path):
+    """A file written front to back is chunked as it streams in; fsync mid-way, reads while it is
+    written, a write behind the stream, a truncate and a hole all keep the bytes right."""
+    m = mounts()
+    ds = m.mnt / "stream"
+    ds.mkdir()
+    rng = random.Random(5)
+    ref = bytearray()
+    with open(ds / "f", "wb", buffering=0) as w:
+        for i in range(24):
+            piece = rng.randbytes(1 << 20)
+            w.write(piece)
+            ref += piece
+            if i == 9:
+                os.fsync(w.fileno())
+        with open(ds / "f", "rb") as r:  # a reader while the writer streams: sees everything written
+            r.seek(5 << 20)
+            assert r.read(3 << 20) == ref[5 << 20:8 << 20]
+        w.write(b"tail")
+        ref += b"tail"
+        w.seek(100)  # behind the stream
+        w.write(b"patched")
+        ref[100:107] = b"patched"
+    assert (ds / "f").read_bytes() == ref
+    with open(ds / "g", "wb", buffering=0) as w:  # a hole past the end, then a truncate
+        w.write(rng.randbytes(200_000))
+        w.seek(300_000)
+        w.write(b"after the hole")
+        w.truncate(250_000)
+    g = (ds / "g").read_bytes()
+    assert len(g) == 250_000 and g[200_000:] == bytes(50_000)
+    m.umount()
+    again = mounts(cache="cache2")
+    assert (again.mnt / "stream" / "f").read_bytes() == ref
+    assert (again.mnt / "stream" / "g").read_bytes() == g
 
 
 def test_real_programs_inside_the_mount(mounts, tmp_path):
@@ -481,3 +534,35 @@ def test_writers_wait_when_the_cache_is_full_of_unuploaded_data(tmp_path):
         assert (m.mnt / "ds" / "big").read_bytes() == data
         status = json.loads(nerdfs("status", str(m.mnt), "-o", "json", home=m.home).stdout)
         assert status["pending_chunks"] == 0 and status["cache_used"] <= 4 << 20
+
+
+def test_sync_while_a_writer_keeps_the_uploader_busy(mounts, tmp_path):
+    import threading
+
+    m = Mounted(tmp_path, f"file://{tmp_path / 'store'}")
+    m.mount("--cache-size", "16MiB")  # the writer fills the journal and waits for the uploader
+    (m.mnt / "busy").mkdir()
+    (m.mnt / "quiet").mkdir()
+    stop = threading.Event()
+
+    def write() -> None:  # keeps the upload journal busy until told to stop
+        deadline = time.monotonic() + 90
+        while not stop.is_set() and time.monotonic() < deadline:
+            with open(m.mnt / "busy" / "stream", "wb") as fh:
+                for _ in range(64):
+                    fh.write(os.urandom(1 << 20))
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        time.sleep(1)
+        (m.mnt / "quiet" / "note.txt").write_text("written before the sync")
+        snaps = m.sync()  # times out (and fails) if it waits for the busy writer to stop
+        assert writer.is_alive()
+    finally:
+        stop.set()
+        writer.join()
+        m.cleanup()
+    assert "quiet" in snaps["snapshots"]
+    again = mounts(name="mnt2", cache="cache2")
+    assert (again.mnt / "quiet" / "note.txt").read_text() == "written before the sync"

@@ -113,8 +113,8 @@ class Queue:
             db.executemany("INSERT INTO tasks (job, idx, state) VALUES (?, ?, 'pending')",
                            ((jid, i) for i in range(spec.tasks)))
 
-    def claim(self, worker: str) -> tuple[str, str, int] | None:
-        """The next task to run, marked running for ``worker``: (job id, job dir, index), or None."""
+    def claim(self, worker: str) -> tuple[str, str, int, int] | None:
+        """The next task to run, marked running for ``worker``: (job id, job dir, index, run number), or None."""
         with self.tx() as db:
             row = db.execute(
                 "SELECT j.id, j.dir, (SELECT t.idx FROM tasks t WHERE t.job = j.id AND t.state = 'pending' "
@@ -129,7 +129,8 @@ class Queue:
                        "WHERE job = ? AND idx = ?", (worker, jid, idx))
             db.execute("UPDATE jobs SET running = running + 1 WHERE id = ?", (jid,))
             db.execute("UPDATE workers SET current = ? WHERE id = ?", (f"{jid}/{idx}", worker))
-            return jid, jdir, idx
+            runs = db.execute("SELECT runs FROM tasks WHERE job = ? AND idx = ?", (jid, idx)).fetchone()[0]
+            return jid, jdir, idx, runs
 
     def complete(self, worker: str, jid: str, idx: int, state: str) -> bool:
         """Mark the task done; True if the caller must finalize the job (it ended the last task)."""
@@ -165,7 +166,7 @@ class Queue:
     def register(self, wid: str, pid: int, auto: bool) -> None:
         now = time.time()
         with self.tx() as db:
-            db.execute("INSERT OR REPLACE INTO workers (id, pid, host, started, heartbeat, state, auto) "
+            db.execute("INSERT OR IGNORE INTO workers (id, pid, host, started, heartbeat, state, auto) "
                        "VALUES (?, ?, ?, ?, ?, 'starting', ?)", (wid, pid, socket.gethostname(), now, now, int(auto)))
 
     def heartbeat(self, wid: str, current: tuple[str, int] | None, handle: str | None) -> tuple[bool, bool]:
@@ -359,7 +360,7 @@ class LocalBackend:
         for w in dead:
             if w["state"] == "starting":
                 self.startup_failures.append(w)
-            handles, lost = [], []
+            lost = []
             with self.queue.tx() as db:
                 if db.execute("DELETE FROM workers WHERE id = ?", (w["id"],)).rowcount == 0:
                     continue  # someone else reaped it
@@ -367,7 +368,8 @@ class LocalBackend:
                                   "JOIN jobs j ON j.id = t.job WHERE t.worker = ? AND t.state = 'running'",
                                   (w["id"],)).fetchall()
                 for jid, idx, handle, runs, retries, jdir, cancel in rows:
-                    handles.append(handle)
+                    # killed before the task can be claimed again: a re-run reuses its container name
+                    working.kill_handle(handle)
                     jd = JobDir(jdir)
                     rec = jd.task(idx)
                     if rec is not None:
@@ -394,8 +396,6 @@ class LocalBackend:
                                    "WHERE job = ? AND idx = ?", (jid, idx))
                         db.execute("UPDATE jobs SET running = running - 1 WHERE id = ?", (jid,))
                         log.warning("worker %s died: task %d of job %s re-queued", w["id"], idx, jid)
-            for h in handles:
-                working.kill_handle(h)
             for jd in lost:
                 self._finalize(jd)
         return len(dead)
@@ -455,8 +455,14 @@ class LocalBackend:
         self.reap()
         rows = self.queue.read("SELECT id, dir, ntasks, remaining, running, parallel, state, submitted FROM jobs "
                                "WHERE state != 'done' ORDER BY submitted")
-        return [{"job": r[0], "tasks": r[2], "pending": r[3] - r[4], "running": r[4], "done": r[2] - r[3],
-                 "parallel": r[5], "state": r[6], "submitted": r[7]} for r in rows]
+        out = []
+        for r in rows:
+            if r[6] == "finalizing" and (Path(r[1]) / "result.json").exists():
+                self.queue.finished(r[0])  # its finalize ended a moment ago
+                continue
+            out.append({"job": r[0], "tasks": r[2], "pending": r[3] - r[4], "running": r[4], "done": r[2] - r[3],
+                        "parallel": r[5], "state": r[6], "submitted": r[7]})
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- the worker
@@ -472,16 +478,12 @@ class Worker:
         self.idle_timeout = idle_timeout
         self.backend = LocalBackend()
         self.queue = self.backend.queue
-        if not self._registered():  # started by hand, not by start_worker
-            self.queue.register(wid, os.getpid(), auto)
+        self.queue.register(wid, os.getpid(), auto)  # a no-op when start_worker registered it already
         self.ctx = working.Context()
         self.current: tuple[str, int] | None = None
         self.control = working.TaskControl()
         self.stopping = threading.Event()
         self._specs: dict[str, JobSpec] = {}
-
-    def _registered(self) -> bool:
-        return bool(self.queue.read("SELECT 1 FROM workers WHERE id = ?", (self.id,)))
 
     def _beat(self) -> None:
         while not self.stopping.is_set():
@@ -523,8 +525,10 @@ class Worker:
                     sleep = min(sleep * 2, 0.5)
                     continue
                 sleep = 0.02
-                jid, jdir, idx = claim
+                jid, jdir, idx, runs = claim
                 self.control = working.TaskControl()
+                if runs > 1:
+                    self.control.name_suffix = f"-r{runs}"
                 self.current = (jid, idx)
                 spec = None
                 try:

@@ -37,6 +37,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,30 @@ def mount_of(path: str | os.PathLike) -> tuple[Path, str, str] | None:
     return None
 
 
+def _daemon_listens(mnt: Path) -> bool:
+    """Whether a daemon accepts connections on the mount's control socket, without touching the mount.
+
+    ``control.socket_path`` resolves the mount point, which stats it: on a mount
+    whose daemon died that blocks forever. mountinfo paths are already
+    canonical, so the socket name (documented in ``control.socket_path``) is
+    computed from the path as is.
+    """
+    digest = hashlib.sha256(os.fsencode(str(mnt))).hexdigest()[:16]
+    try:
+        path = control.runtime_dir() / f"nerdfs-{digest}.sock"
+    except NerdError:
+        return False
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(2)
+    try:
+        sock.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
 def same_store(a: str, b: str) -> bool:
     if a.startswith("file://") and b.startswith("file://"):
         return os.path.realpath(a[7:]) == os.path.realpath(b[7:])
@@ -125,11 +150,13 @@ class Context:
     """What a worker keeps between tasks: open repositories, the mounts of this host."""
 
     MOUNT_TTL = 30.0
+    PROBE_TIMEOUT = 6.0  # a mount whose daemon does not answer within this is skipped from then on
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config.load(os.environ.get("NERD_CONFIG_FILE"))
         self._repos: dict[str, Repository] = {}
         self._mounts: tuple[float, list[tuple[Path, str]]] = (0.0, [])
+        self._hung: set[Path] = set()
         self._lock = threading.Lock()
 
     def repo(self, spec: JobSpec) -> Repository:
@@ -146,14 +173,28 @@ class Context:
         """Live nerdfs mounts of ``store`` on this host (asked once per MOUNT_TTL seconds)."""
         at, known = self._mounts
         if time.monotonic() - at > self.MOUNT_TTL:
-            known = []
-            for mnt in nerdfs_mounts():
-                try:
-                    known.append((mnt, control.call(mnt, {"op": "status"}, timeout=5)["store"]))
-                except (NerdError, KeyError, OSError) as e:
-                    log.debug("mount %s: %s", mnt, e)
+            probes = [m for m in nerdfs_mounts() if m not in self._hung and _daemon_listens(m)]
+            found: dict[Path, str] = {}
+            threads = [threading.Thread(target=self._probe, args=(m, found), daemon=True) for m in probes]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + self.PROBE_TIMEOUT
+            for m, t in zip(probes, threads):
+                t.join(max(0.0, deadline - time.monotonic()))
+                if t.is_alive():
+                    # a hung mount (even resolving its control socket stats the mount point): never again
+                    log.warning("nerdfs mount %s does not answer: ignored", m)
+                    self._hung.add(m)
+            known = [(m, found[m]) for m in probes if m in found]
             self._mounts = (time.monotonic(), known)
         return [m for m, s in known if same_store(s, store)]
+
+    @staticmethod
+    def _probe(mnt: Path, found: dict) -> None:
+        try:
+            found[mnt] = control.call(mnt, {"op": "status"}, timeout=5)["store"]
+        except (NerdError, KeyError, OSError) as e:
+            log.debug("mount %s: %s", mnt, e)
 
     def close(self) -> None:
         for r in self._repos.values():
@@ -168,7 +209,10 @@ class TaskControl:
         self.cancelled = threading.Event()
         self._kill: Callable[[], None] | None = None
         self._lock = threading.Lock()
-        self.handle: str | None = None  # "pid:<pgid>" or "<runtime>:<container>": what to kill if the worker dies
+        self.handle: str | None = None  # "pid:<pgid>" or "<runtime>:<container>:<pid>": what to kill if the worker dies
+        # a re-run of a task whose worker died gets fresh container names ("-r2"): the old container's
+        # removal must not race the new one for its name
+        self.name_suffix = ""
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -363,8 +407,8 @@ def _judge(code: int, timed_out: bool, control_: TaskControl, spec: JobSpec, out
     return Attempt(0, outputs=outs)
 
 
-def _container_name(job_id: str, index: int, attempt: int) -> str:
-    return f"nerd-{job_id}-{index}-{attempt}"
+def _container_name(job_id: str, index: int, attempt: int, suffix: str = "") -> str:
+    return f"nerd-{job_id}-{index}-{attempt}{suffix}"
 
 
 def container_argv(spec: JobSpec, index: int, job_id: str, name: str, sources: list[Path],
@@ -393,7 +437,7 @@ def _run_container(spec: JobSpec, index: int, job_id: str, work: Path, sources: 
         p.mkdir(exist_ok=True)
         p.chmod(0o777)  # the container's user may not be ours
         outs[o.dataset] = p
-    name = _container_name(job_id, index, attempt)
+    name = _container_name(job_id, index, attempt, control_.name_suffix)
     rt = spec.runtime
     argv = container_argv(spec, index, job_id, name, sources, outs, args)
     if shutil.which(rt) is None:
@@ -406,7 +450,7 @@ def _run_container(spec: JobSpec, index: int, job_id: str, work: Path, sources: 
 
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    control_.handle = f"{rt}:{name}"
+    control_.handle = f"{rt}:{name}:{proc.pid}"
     control_._arm(kill)
     try:
         code, timed_out = _wait(proc, spec.time_limit, kill)
@@ -440,8 +484,15 @@ def kill_handle(handle: str | None) -> None:
             os.killpg(int(what), signal.SIGKILL)
         except (ProcessLookupError, PermissionError, ValueError):
             pass
-    elif kind in ("podman", "docker") and shutil.which(kind):
-        subprocess.run([kind, "rm", "-f", what], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elif kind in ("podman", "docker"):
+        name, _, pid = what.partition(":")
+        if pid.isdigit():  # the runtime's client process first, so it does not outlive its container
+            try:
+                os.killpg(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if shutil.which(kind):
+            subprocess.run([kind, "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def logf_path(logf) -> Path:

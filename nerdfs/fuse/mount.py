@@ -159,23 +159,16 @@ class Mount:
                 self.ws.set_base(name, self.ws.base(name), clean=True)
             try:
                 await self.ops.flush_all(set(dirty))
-                while len(self.journal):
-                    if progress:
-                        await progress({"pending_chunks": len(self.journal),
-                                        "pending_bytes": self.journal.pending_bytes})
-                    await trio.sleep(0.1)
                 result = {}
                 for name in dirty:
                     for attempt in range(5):
                         try:
-                            result[name] = await trio.to_thread.run_sync(self._commit_one, name, local[name].ino)
+                            result[name] = await self._commit_one(name, local[name].ino, progress)
                             break
                         except FsError as e:  # a file was written again since the flush: flush, retry
                             if e.errno != errno.EAGAIN or attempt == 4:
                                 raise NerdError(f"dataset {name}: files keep changing; commit later") from None
                             await self.ops.flush_all({name})
-                            while len(self.journal):
-                                await trio.sleep(0.1)
             except BaseException:
                 for name in dirty:
                     self.ws.mark_dirty(name)
@@ -183,8 +176,25 @@ class Mount:
             self.last_commit.update(result)
             return {n: self.ws.base(n) or "" for n in wanted if self.ws.base(n)}
 
-    def _commit_one(self, name: str, ino: int) -> str:
-        tree, files, size = self.ws.tree_of(ino, lambda t: self.repo.put_tree(t)[0])
+    async def _commit_one(self, name: str, ino: int, progress=None) -> str:
+        """Trees now, then wait for exactly the chunks they name (not for later writes), then the snapshot."""
+        waiting: set[str] = set()
+
+        def seen(cid: str) -> None:
+            if self.journal.has(cid):
+                waiting.add(cid)
+
+        tree, files, size = await trio.to_thread.run_sync(
+            lambda: self.ws.tree_of(ino, lambda t: self.repo.put_tree(t)[0], seen))
+        while waiting:
+            waiting = {c for c in waiting if self.journal.has(c)}
+            if waiting:
+                if progress:
+                    await progress({"pending_chunks": len(waiting), "pending_bytes": self.journal.pending_bytes})
+                await trio.sleep(0.1)
+        return await trio.to_thread.run_sync(self._snapshot, name, ino, tree, files, size)
+
+    def _snapshot(self, name: str, ino: int, tree: str, files: int, size: int) -> str:
         node = self.ws.get(ino)
         root = (node.mode & 0o7777, node.mtime_ns)
         base = self.ws.base(name)
@@ -248,7 +258,13 @@ class Mount:
             # Commit and upload while still mounted, so `nerdfs umount` returns
             # only when the data is in the store; --no-wait leaves it journaled.
             self.wait_on_exit = bool(request.get("wait", True))
-            snaps = await self.commit(None, send_progress) if self.wait_on_exit else {}
+            snaps = {}
+            if self.wait_on_exit:
+                snaps = await self.commit(None, send_progress)
+                while len(self.journal):  # also what no snapshot names (overwritten since): nothing left over
+                    await send_progress({"pending_chunks": len(self.journal),
+                                         "pending_bytes": self.journal.pending_bytes})
+                    await trio.sleep(0.1)
             pyfuse3.terminate()
             return {"unmounting": True, "snapshots": snaps}
         raise UsageError(f"unknown control operation {op!r}")
@@ -271,22 +287,35 @@ def _mount_options(read_only: bool) -> set[str]:
     return opts
 
 
-def _raise_read_ahead(mountpoint: str) -> None:
-    """1 MiB read-ahead instead of 128 KiB: doubles sequential reads (COMPONENTS.md).
+# The kernel's defaults for a FUSE device are for untrusted daemons: 128 KiB
+# read-ahead, and at most 1% of the dirty page cache, a cap that throttles a
+# plain `cp` into the mount to a fraction of what the daemon takes in.
+_BDI_TUNING = {"read_ahead_kb": "1024", "max_ratio": "20"}
 
-    The device number comes from /proc/self/mountinfo: stat() on our own
+
+async def _tune_bdi(mountpoint: str) -> None:
+    """1 MiB read-ahead (doubles sequential reads, COMPONENTS.md) and a larger share of dirty pages.
+
+    Set after the kernel's INIT handshake, which resets read-ahead; only root
+    may. The device number comes from /proc/self/mountinfo: stat() on our own
     mount point would wait for this very daemon.
     """
+    await trio.sleep(0.5)
+    dev = None
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
-                if fields[4] == mountpoint:
+                if len(fields) > 4 and fields[4] == mountpoint:
                     dev = fields[2]
-        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
-            f.write("1024")
-    except (OSError, IndexError, UnboundLocalError):
-        pass
+    except OSError:
+        return
+    for name, value in _BDI_TUNING.items():
+        try:
+            with open(f"/sys/class/bdi/{dev}/{name}", "w") as f:
+                f.write(value)
+        except OSError as e:
+            log.debug("cannot set %s of the mount's device %s: %s", name, dev, e)
 
 
 async def _main(m: Mount, socket: str) -> None:
@@ -302,7 +331,7 @@ async def _main(m: Mount, socket: str) -> None:
                     pyfuse3.terminate()
                     return
             nursery.start_soon(on_signal)
-            _raise_read_ahead(str(opts.mountpoint))
+            nursery.start_soon(_tune_bdi, str(opts.mountpoint))
             m._mounted = True
             opts.signal_ready()
             await pyfuse3.main()

@@ -84,7 +84,8 @@ class Operations(pyfuse3.Operations):
         self.read_only = read_only
         self.lookups: dict[int, int] = {}
         self.opened: dict[int, _Open] = {}
-        self._handles: dict[int, list] = {}  # fh -> [ino, writable, staged, clean inode for reads]
+        self._handles: dict[int, list] = {}
+        self._settling: dict[int, trio.Event] = {}  # streaming files becoming staging files  # fh -> [ino, writable, staged, clean inode for reads]
         self._next_fh = 1
 
     # ------------------------------------------------------------------ helpers
@@ -188,6 +189,7 @@ class Operations(pyfuse3.Operations):
             fh = self._new_handle(inode, True)
             try:
                 await self._prepare_write(fh, False)
+                await self._settle(inode)
                 self.contents.truncate(inode, attr.st_size)
                 st = self.opened[inode]
                 st.size, st.mtime_ns = attr.st_size, now
@@ -370,25 +372,29 @@ class Operations(pyfuse3.Operations):
         st.writers += writable
         return fh
 
-    async def _stage(self, fh: int) -> None:
-        """Make sure this handle holds its file's staging buffer (each handle holds at most one reference)."""
+    async def _stage(self, fh: int, empty: bool = False) -> None:
+        """Make sure this handle holds its file's staging buffer (each handle holds at most one reference).
+
+        ``empty``: the file is being truncated (O_TRUNC), so its old content need not be read.
+        """
         h = self._handles[fh]
         if h[2]:
             return
         node = self.ws.get(h[0])
-        small = node.size <= _INLINE_BYTES and not SnapshotView.owns(h[0])
-        await self._call(self.contents.stage, h[0], cheap=small and all(
-            self.contents.journal.has(c) for c, _ in node.chunks))
+        small = (empty or node.size <= _INLINE_BYTES) and not SnapshotView.owns(h[0])
+        await self._call(self.contents.stage, h[0], empty, cheap=small and (empty or all(
+            self.contents.journal.has(c) for c, _ in node.chunks)))
         h[2] = True
 
     async def _prepare_write(self, fh: int, truncate: bool) -> None:
         """Stage the file for a handle that is already registered (so no release can unstage it meanwhile)."""
         ino = self._handles[fh][0]
         st = self.opened[ino]
-        await self._stage(fh)
+        await self._stage(fh, empty=truncate)
         if st.size is None:
             st.size = self.ws.get(ino).size
         if truncate:
+            await self._settle(ino)
             self.contents.truncate(ino, 0)
             st.size, st.mtime_ns, st.written = 0, time.time_ns(), True
             self.contents.mark_unflushed(ino)
@@ -433,6 +439,7 @@ class Operations(pyfuse3.Operations):
             node = h[3] = self._node(ino)
         if node.staged or self.contents.in_memory(ino):
             await self._stage(fh)
+            await self._settle(ino)
             return self.contents.pread(ino, size, off)
         return await trio.to_thread.run_sync(self.contents.read_chunks, node, off, size)
 
@@ -441,7 +448,10 @@ class Operations(pyfuse3.Operations):
         ino, writable, _, _ = self._handles[fh]
         if not writable:
             raise FsError(errno.EBADF)
+        await self._settle(ino, off)
         n = self.contents.pwrite(ino, buf, off)
+        if self.contents.backlogged(ino):  # the writer outruns the chunker: wait for it, off the loop
+            await trio.to_thread.run_sync(self.contents.catch_up, ino)
         st = self.opened[ino]
         if st.size is None:
             st.size = self.ws.get(ino).size
@@ -450,6 +460,23 @@ class Operations(pyfuse3.Operations):
         st.size = max(st.size or 0, off + n)
         st.mtime_ns = time.time_ns()
         return n
+
+    async def _settle(self, ino: int, write_at: int | None = None) -> None:
+        """Before a request that is not an append to a streaming file: make it a staging file.
+
+        Runs in a thread (it may read the file back); other requests for the
+        file wait for it, so none can slip into the old buffer meanwhile.
+        """
+        while ino in self._settling:
+            await self._settling[ino].wait()
+        if not self.contents.must_settle(ino, write_at):
+            return
+        done = self._settling[ino] = trio.Event()
+        try:
+            await trio.to_thread.run_sync(self.contents.settle, ino)
+        finally:
+            del self._settling[ino]
+            done.set()
 
     async def _persist(self, ino: int, durable: bool) -> None:
         """Cut the file's new content into chunks (which sets its size), then record its mtime."""
