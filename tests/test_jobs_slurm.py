@@ -175,9 +175,9 @@ def test_a_task_whose_wrapper_dies_is_failed_from_slurms_state(snerd):
     Nobody polls the job: the dependent finalize job records the task and commits on its own."""
     job = snerd.submit("--array", "2", "--output", "r:/o", "sh", "--", "-c",
                        'echo ok > "$NERD_OUTPUT/ok"; [ "$NERD_TASK_INDEX" = 1 ] && kill -9 $PPID; sleep 1')["job"]
-    result = snerd.job_dir(job) / "result.json"
-    wait_for(result.exists, 60, "result.json written by the finalize job")
-    assert '"state": "failed"' in (snerd.job_dir(job) / "logs" / "finalize.log").read_text()
+    result, flog = snerd.job_dir(job) / "result.json", snerd.job_dir(job) / "logs" / "finalize.log"
+    # only the finalize job can commit here: no task wrapper sees every task ended, and nobody polls
+    wait_for(lambda: flog.exists() and '"state": "failed"' in flog.read_text(), 60, "the finalize job's result")
     assert list(json.loads(result.read_text())["outputs"]) == ["r"]  # task 0's output is committed
     doc = snerd.json("job", "status", job)
     assert doc["state"] == "failed" and doc["exit_code"] == 137 and doc["counts"] == {"failed": 1, "succeeded": 1}
