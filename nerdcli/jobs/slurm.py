@@ -68,7 +68,7 @@ from typing import Iterable
 
 from nerdfs import ConfigError, Conflict, NerdError, StoreError, UsageError
 
-from .model import CANCELLED, FAILED, FINAL_STATES, PENDING, RUNNING, JobDir, JobSpec, TaskRecord, now_iso
+from .model import CANCELLED, FAILED, PENDING, RUNNING, JobDir, JobSpec, TaskRecord, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -321,15 +321,11 @@ class SlurmBackend:
         result = jd.result()
         if result is not None:
             raise Conflict(f"job {jd.id} already {result['state']} — nothing to cancel")
-        ref = jd.job().get("backend_ref", {})
-        array_id = str(ref.get("array_job", ""))
-        spec = jd.spec()
+        array_id = str(jd.job().get("backend_ref", {}).get("array_job", ""))
         tasks = self.query(array_id, fresh=True) if array_id else None
-        live = [t for t in tasks or [] if t.state in LIVE_STATES]
-        records = jd.tasks()
-        if not live and (tasks is None or len(records) >= spec.tasks) and all(
-                r.state in FINAL_STATES for r in records.values()):
-            raise Conflict(f"job {jd.id} already finished — nothing to cancel")
+        if not any(t.state in LIVE_STATES for t in tasks or []):
+            self.refresh(jd.path)  # records the tasks that ended abnormally and commits, if not done yet
+            raise Conflict(f"job {jd.id} already ended in Slurm — nothing to cancel")
         self._cancel(array_id)
         with _cache_lock:
             _cache.pop((self.endpoint, array_id), None)
