@@ -62,7 +62,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -108,6 +108,10 @@ class SlurmTask:
     state: str  # Slurm's word: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, …
     exit_code: int | None = None  # the shell-style code (128+N for signal N)
 
+    def __post_init__(self) -> None:
+        # sacct says "CANCELLED by 0", squeue may add "+": keep the bare word
+        self.state = self.state.split()[0].rstrip("+").upper() if self.state.strip() else ""
+
 
 @dataclass
 class SubmitOptions:
@@ -120,7 +124,6 @@ class SubmitOptions:
     mem_mb: int | None = None
     time_minutes: int | None = None
     dependency: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- pure logic
