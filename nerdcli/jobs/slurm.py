@@ -290,18 +290,24 @@ class SlurmBackend:
             return 0
         tasks = self.query(array_id, fresh=fresh)
         by_index = {t.index: t for t in tasks or []}
+        # Pending tasks are always listed (as a range); a task Slurm no longer lists has ended and its
+        # record was purged (MinJobAge) — once nothing is left running it can only be recorded as lost.
+        settled = not any(t.state in LIVE_STATES for t in tasks or [])
         written = 0
         for i in missing:
             t = by_index.get(i)
-            if tasks is None:
-                rec = lost_record(i, array_id)
-            elif t is None:
-                continue
-            else:
+            if t is not None and t.state == "COMPLETED":
+                continue  # the wrapper exits 0 only after writing a succeeded record: it is on its way
+            if t is not None:
                 rec = record_for(i, t.state, t.exit_code, spec)
+            elif tasks is None or settled:
+                rec = lost_record(i, array_id)
+            else:
+                continue
             # Slurm reports a final state only after the task's process exited, and the wrapper writes its
-            # record before exiting: a record that appeared since we listed them is the true one.
-            if rec is not None and not jd.task_path(i).exists():
+            # record before exiting: a record that appeared since we listed them is the true one. A fresh
+            # directory listing (not a cached stat, on a shared filesystem) is the last word.
+            if rec is not None and jd.task_path(i).name not in os.listdir(jd.path / "tasks"):
                 jd.write_task(rec)
                 written += 1
         return written
