@@ -121,6 +121,38 @@ def test_slurm_notation_and_abnormal_states_map_to_task_records():
     assert [(t.index, t.exit_code) for t in rest] == [(1, 3)]
 
 
+def test_records_come_from_slurm_only_for_tasks_that_ended_without_one(tmp_path):
+    """Which tasks refresh records (a Slurm answer stands in for scontrol: this is the pure decision logic)."""
+    from nerdcli.jobs.model import JobDir, TaskRecord
+    from nerdcli.jobs.slurm import SlurmBackend, SlurmTask
+
+    class Answer(SlurmBackend):
+        endpoint = "test://"
+        tasks: list | None = None
+
+        def _query(self, job_id):
+            return self.tasks
+
+    spec = JobSpec(name="x", image="sh", task_args=[[]] * 5)
+    jd = JobDir.create("j-test", spec, "slurm", root=tmp_path)
+    doc = jd.job()
+    doc["backend_ref"] = {"array_job": "7"}
+    jd.write_job(doc)
+    jd.write_task(TaskRecord(0, "succeeded", 0))  # its own record: never replaced
+    backend = Answer()
+    backend.tasks = [SlurmTask(0, "FAILED", 1), SlurmTask(1, "COMPLETED", 0), SlurmTask(2, "TIMEOUT", 0),
+                     SlurmTask(4, "RUNNING")]  # 3: ended and purged, but task 4 still runs
+    assert backend.record_abnormal(jd, spec, fresh=True) == 1
+    assert jd.task(0).state == "succeeded" and jd.task(1) is None and jd.task(3) is None
+    assert (jd.task(2).state, jd.task(2).exit_code) == ("failed", 124)
+    backend.tasks = [SlurmTask(1, "COMPLETED", 0), SlurmTask(4, "CANCELLED by 0")]  # nothing runs: 3 is lost
+    assert backend.record_abnormal(jd, spec, fresh=True) == 2
+    assert "no longer" not in jd.task(4).error and jd.task(4).state == "cancelled"
+    assert jd.task(3).state == "failed" and "left no result" in jd.task(3).error
+    backend.tasks = None  # Slurm forgot the job: whatever is still missing is lost
+    assert backend.record_abnormal(jd, spec, fresh=True) == 1 and jd.task(1).state == "failed"
+
+
 def test_submit_options_cover_resources_and_the_compute_side_command(tmp_path):
     spec = JobSpec(name="x", image="sh", cpus=1.5, memory=512 * 2**20, time_limit=90, retries=1,
                    task_args=[[]] * 7, parallel=3)
