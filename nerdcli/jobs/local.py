@@ -428,7 +428,7 @@ class LocalBackend:
             proc = subprocess.Popen([sys.executable, "-m", "nerdcli.jobs.local", "worker", "--id", wid,
                                      "--idle-timeout", str(idle)] + (["--auto"] if auto else []),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf,
-                                    start_new_session=True, close_fds=True, env=env)
+                                    start_new_session=True, close_fds=True, env=env, cwd=jobs_dir())
         self.queue.register(wid, proc.pid, auto)  # now: a second `nerd run` right after counts it
         threading.Thread(target=proc.wait, daemon=True).start()  # reap it if it ends while we live
         return proc.pid

@@ -150,7 +150,7 @@ class Context:
     """What a worker keeps between tasks: open repositories, the mounts of this host."""
 
     MOUNT_TTL = 30.0
-    PROBE_TIMEOUT = 6.0  # a mount whose daemon does not answer within this is skipped from then on
+    PROBE_TIMEOUT = 3.0  # a mount whose daemon does not answer within this is skipped from then on
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config.load(os.environ.get("NERD_CONFIG_FILE"))
@@ -448,7 +448,8 @@ def _run_container(spec: JobSpec, index: int, job_id: str, work: Path, sources: 
         subprocess.run([rt, "rm", "-f", "-t", "0", name] if rt == "podman" else [rt, "rm", "-f", name],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+    # cwd: podman's conmon leaves files (an "oom" marker) in its working directory
+    proc = subprocess.Popen(argv, cwd=work, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
     control_.handle = f"{rt}:{name}:{proc.pid}"
     control_._arm(kill)
