@@ -11,10 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-import boto3
-import botocore.config
-import botocore.handlers
-import botocore.exceptions as bex
+import botocore.exceptions as bex  # boto3 itself is imported by the first S3Store: it costs ~0.25 s
 
 from ..errors import ObjectNotFound, RefConflict, StoreError, TransientStoreError
 
@@ -45,6 +42,10 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        import boto3
+        import botocore.config
+        import botocore.handlers
+
         try:
             session = boto3.session.Session(profile_name=o.profile) if o.profile else boto3.session.Session()
             self.client = session.client(

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import httpx
 
-BASE_DIR = Path(tempfile.gettempdir()) / "nerd-test-slurm"
+# Under /tmp (world-traversable): munged runs as user munge and slurmrestd as nobody, both need to reach it.
+BASE_DIR = Path(os.environ.get("NERD_TEST_SLURM_DIR", "/tmp/nerd-test-slurm"))
 REST_API_VERSION = "v0.0.38"  # the newest openapi plugin of Debian 12's slurmrestd (22.05 has v0.0.36-38)
 REST_USER = "nobody"  # slurmrestd with rest_auth/jwt refuses to run as root or SlurmUser
 DAEMONS = ("slurmrestd", "slurmd", "slurmctld", "munged")  # stop order
@@ -122,7 +123,8 @@ class Slurm:
         for tool in ("slurmctld", "slurmd", "munged", "sbatch", "slurmrestd"):
             if shutil.which(tool) is None:
                 raise RuntimeError(f"{tool} not found: scripts/test.sh installs {SLURM_PACKAGES} (APT_PACKAGES)")
-        base.mkdir(mode=0o755, parents=True, exist_ok=True)
+        base.mkdir(parents=True, exist_ok=True)
+        base.chmod(0o755)
         reap_stale_instances(base)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
         self.dir.chmod(0o755)  # slurmrestd (user nobody) reads slurm.conf and the munge socket below it
@@ -130,7 +132,8 @@ class Slurm:
         self.munge_dir = self.dir / "munge"
         self.munge_socket = self.munge_dir / "munge.socket"
         self.jwt_key = self.dir / "jwt.key"
-        self.hostname = socket.gethostname()
+        self.node_line = self._node_line()  # also the name slurmd knows this host by (short hostname)
+        self.hostname = self.node_line.split()[0].split("=", 1)[1]
         self.ctld_port, self.slurmd_port, self.rest_port = _free_port(), _free_port(), _free_port()
         self.rest_url = f"http://127.0.0.1:{self.rest_port}"
         self.rest_api_version = REST_API_VERSION
@@ -239,7 +242,8 @@ class Slurm:
     def _start_munge(self) -> None:
         """A private munged: own key, socket, pid and log, running as the munge user as munged expects."""
         munge = pwd.getpwnam("munge")
-        self.munge_dir.mkdir(mode=0o755)
+        self.munge_dir.mkdir()
+        self.munge_dir.chmod(0o755)  # whatever the umask: clients (slurmrestd as nobody) connect to the socket
         key = self.munge_dir / "munge.key"
         subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=True, capture_output=True)
         for path in (self.munge_dir, key):
@@ -257,7 +261,7 @@ class Slurm:
             (self.dir / d).mkdir()
         self.jwt_key.write_bytes(os.urandom(32))
         self.jwt_key.chmod(0o600)
-        node = self._node_line()
+        node = self.node_line
         self.conf.write_text(f"""\
 ClusterName=nerdtest
 SlurmctldHost={self.hostname}(127.0.0.1)
@@ -284,7 +288,7 @@ JobCompType=jobcomp/none
 MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
-SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1
+SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1,sched_min_interval=0,default_queue_depth=1000,bf_continue
 MaxArraySize=10001
 MaxJobCount=100000
 MinJobAge=600
@@ -296,14 +300,16 @@ InactiveLimit=0
 {node} NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes={self.hostname} Default=YES MaxTime=INFINITE State=UP
 """)
+        self.conf.chmod(0o644)  # slurmrestd (nobody) reads it, whatever the umask
 
-    def _node_line(self) -> str:
-        """This host's real CPUs and memory, as slurmd itself reports them (``slurmd -C``)."""
+    @staticmethod
+    def _node_line() -> str:
+        """This host's name, real CPUs and memory, as slurmd itself reports them (``slurmd -C``)."""
         out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout
-        line = out.splitlines()[0]
+        line = out.splitlines()[0] if out else ""
         if not line.startswith("NodeName="):
             raise RuntimeError(f"slurmd -C printed {out!r}")
-        return line.replace(f"NodeName={line.split()[0].split('=', 1)[1]}", f"NodeName={self.hostname}", 1)
+        return line
 
     def _node_ready(self) -> bool:
         out = self._run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.strip()
