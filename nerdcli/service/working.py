@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Callable
 
 from nerdfs import Archiver, Datasets, NerdError, NotFound, Repository, Restorer, S3Options, UsageError
-from nerdfs import control
 from nerdfs.objects import DIR, Entry, Tree
 from nerdfs.settings import nerd_home
 
@@ -115,6 +114,8 @@ def mount_of(path: str | os.PathLike) -> tuple[Path, str, str] | None:
 def _daemon_listens(mnt: Path) -> bool:
     """Whether a daemon accepts connections on the mount's control socket, without touching the mount
     (mountinfo paths are canonical already; resolving one would stat a possibly hung mount)."""
+    from nerdfs import control  # not at import: trio costs every task wrapper ~50 ms
+
     return control.daemon_running(mnt, canonical=True)
 
 
@@ -172,6 +173,8 @@ class Context:
 
     @staticmethod
     def _probe(mnt: Path, found: dict) -> None:
+        from nerdfs import control
+
         try:
             found[mnt] = control.call(mnt, {"op": "status"}, timeout=5)["store"]
         except (NerdError, KeyError, OSError) as e:
@@ -689,6 +692,8 @@ def _commit_outputs(ctx: Context, jd: JobDir, spec: JobSpec, records: dict[int, 
 
 def _refresh_mounts(ctx: Context, spec: JobSpec) -> None:
     """Ask each mount of the store on this host to show the new snapshots (older mounts lack the op)."""
+    from nerdfs import control
+
     for mnt in ctx.mounts(spec.store):
         try:
             control.call(mnt, {"op": "refresh"}, timeout=30)
