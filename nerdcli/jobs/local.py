@@ -371,6 +371,11 @@ class LocalBackend:
                     # killed before the task can be claimed again: a re-run reuses its container name
                     working.kill_handle(handle)
                     jd = JobDir(jdir)
+                    if not handle:  # killed before its first heartbeat named what it started
+                        try:
+                            working.remove_task_containers(jd.spec().runtime, jid, idx)
+                        except (OSError, ValueError, NerdError) as e:
+                            log.warning("job %s task %d: cannot look for its containers: %s", jid, idx, e)
                     rec = jd.task(idx)
                     if rec is not None:
                         # the task ended and wrote its record; only the worker's bookkeeping was lost

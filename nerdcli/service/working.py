@@ -480,6 +480,17 @@ def kill_handle(handle: str | None) -> None:
             subprocess.run([kind, "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def remove_task_containers(runtime: str, job_id: str, index: int) -> None:
+    """Remove every container of one task, by name: a worker killed right after starting one may not
+    have recorded its handle yet."""
+    if runtime not in ("podman", "docker") or not shutil.which(runtime):
+        return
+    r = subprocess.run([runtime, "ps", "-a", "--filter", f"name=^nerd-{job_id}-{index}-", "--format",
+                        "{{.Names}}"], capture_output=True, text=True)
+    for name in r.stdout.split():
+        subprocess.run([runtime, "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def logf_path(logf) -> Path:
     return Path(logf.name)
 
