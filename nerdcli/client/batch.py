@@ -50,9 +50,19 @@ class Job:
         return self.state in FINAL_STATES
 
 
+def _open(config, endpoint: str | None = None) -> Backend:
+    """The backend, given the login's JWT (refreshed when it expired) for services that take one."""
+    backend = open_backend(config, endpoint)
+    if hasattr(backend, "token_provider") and config is not None and config.auth.public_key:
+        from . import auth
+
+        backend.token_provider = lambda: auth.current_token(config)
+    return backend
+
+
 def _backend_for(jd: JobDir, doc: dict, config=None) -> Backend:
     endpoint = doc.get("endpoint") or doc.get("backend") or "local"
-    return open_backend(config, endpoint)
+    return _open(config, endpoint)
 
 
 def submit(spec: JobSpec, config=None, *, endpoint: str | None = None, job_id: str | None = None) -> Job:
@@ -60,7 +70,7 @@ def submit(spec: JobSpec, config=None, *, endpoint: str | None = None, job_id: s
     if spec.tasks < 1:
         raise UsageError("a job needs at least one task")
     ep = endpoint if endpoint is not None else (config.nerd_api_endpoint if config is not None else "local")
-    backend = open_backend(config, ep)
+    backend = _open(config, ep)
     jd = JobDir.create(job_id or new_job_id(), spec, backend_name(ep))
     doc = jd.job()
     doc["endpoint"] = ep
@@ -206,7 +216,7 @@ def _read_from(path: Path, offset: int) -> bytes:
 
 
 def workers(config=None) -> list[dict]:
-    return open_backend(config).workers()
+    return _open(config).workers()
 
 
 __all__ = ["Job", "submit", "get", "status", "list_jobs", "cancel", "wait", "logs", "workers"]

@@ -64,7 +64,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from nerdfs import ConfigError, Conflict, NerdError, StoreError, UsageError
 
@@ -488,10 +488,14 @@ class SlurmREST(SlurmBackend):
         self.version = os.environ.get("SLURM_REST_API") or REST_API_VERSION
         self.config = config
         self._client = None
+        # set by nerdcli.client.batch when a login is configured: the login's JWT, refreshed if expired
+        self.token_provider: Callable[[], str] | None = None
 
     # -- auth ----------------------------------------------------------------------------------------
     def _token(self) -> str:
         token = os.environ.get("SLURM_JWT", "").strip()
+        if not token and self.token_provider is not None:
+            token = self.token_provider()
         if not token:
             from ..session import Session
 
