@@ -135,7 +135,8 @@ class Archiver:
             tracker.add(sent=sent)
 
         in_flight = max(1, self.max_in_flight // repo.config.chunker.max_size)
-        with Workers(self.threads, in_flight, "nerd-put") as workers:
+        small = stats.bytes_total <= 4 * repo.config.chunker.max_size  # a task's output, a config dir
+        with Workers(0 if small else self.threads, in_flight, "nerd-put") as workers:
             for node in files:
                 if workers.failed:
                     break

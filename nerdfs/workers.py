@@ -13,8 +13,11 @@ from typing import Callable
 
 
 class Workers:
+    """``threads=0`` runs each item at once in the producer's thread: for a few small items,
+    starting threads costs more than the work."""
+
     def __init__(self, threads: int, in_flight: int, name: str = "nerd-worker") -> None:
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix=name)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name) if threads > 0 else None
         self._budget = threading.BoundedSemaphore(max(1, in_flight))
         self._errors: list[BaseException] = []
 
@@ -28,7 +31,10 @@ class Workers:
         if self._errors:
             self._budget.release()
             return False
-        self._pool.submit(self._run, fn, args)
+        if self._pool is None:
+            self._run(fn, args)
+        else:
+            self._pool.submit(self._run, fn, args)
         return True
 
     def _run(self, fn: Callable[..., None], args: tuple) -> None:
@@ -42,7 +48,8 @@ class Workers:
 
     def close(self) -> None:
         """Wait for queued work; raise the first error any of it raised."""
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         if self._errors:
             raise self._errors[0]
 
@@ -54,4 +61,5 @@ class Workers:
             self.close()
         else:  # the producer failed: stop, wait for what is running, keep the producer's error
             self._errors.append(exc)
-            self._pool.shutdown(wait=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
