@@ -19,8 +19,8 @@ from typing import Callable
 
 from .chunker import Chunker
 
-CUT_AT = 8 << 20  # cut once the tail holds this much (two maximum-size chunks)
-BACKLOG = 16 << 20  # writers wait while the tail holds this much and a cut is running
+CUT_AT = 6 << 20  # cut once the tail holds this much (more than one maximum-size chunk)
+BACKLOG = 10 << 20  # writers wait while the tail holds this much and a cut is running
 
 
 class _Tail:
