@@ -70,26 +70,47 @@ class _MemoryBuffer:
         self.data = bytearray(data)
         self.dirty = False
         self.writes = 0
+        self.closed = False  # replaced by a bigger buffer: writes must go there (see Contents.pwrite)
+        self.lock = threading.Lock()  # a write and the copy into a bigger buffer never interleave
 
     def pread(self, size: int, offset: int) -> bytes:
-        return bytes(self.data[offset:offset + size])
+        with self.lock:
+            if self.closed:
+                raise _Replaced
+            return bytes(self.data[offset:offset + size])
 
     def pwrite(self, data: bytes, offset: int) -> int:
-        self.writes += 1
-        if offset > len(self.data):
-            self.data.extend(bytes(offset - len(self.data)))
-        self.data[offset:offset + len(data)] = data
-        return len(data)
+        with self.lock:
+            if self.closed:
+                raise _Replaced
+            self.writes += 1
+            if offset > len(self.data):
+                self.data.extend(bytes(offset - len(self.data)))
+            self.data[offset:offset + len(data)] = data
+            return len(data)
 
     def truncate(self, size: int) -> None:
-        self.writes += 1
-        if size < len(self.data):
-            del self.data[size:]
-        else:
-            self.data.extend(bytes(size - len(self.data)))
+        with self.lock:
+            if self.closed:
+                raise _Replaced
+            self.writes += 1
+            if size < len(self.data):
+                del self.data[size:]
+            else:
+                self.data.extend(bytes(size - len(self.data)))
+
+    def snapshot(self) -> bytes:
+        with self.lock:
+            return bytes(self.data)
 
     def close(self) -> None:
-        self.data = bytearray()
+        with self.lock:
+            self.closed = True
+            self.data = bytearray()
+
+
+class _Replaced(Exception):
+    """The memory buffer was just replaced by a bigger one: retry on the new buffer."""
 
 
 class WouldBlock(Exception):
@@ -270,31 +291,43 @@ class Contents:
             buf.wait()
 
     def pread(self, ino: int, size: int, offset: int) -> bytes:
-        buf = self._buffer(ino)
-        if isinstance(buf, Appender):
-            self.settle(ino)
+        while True:
             buf = self._buffer(ino)
-        return buf.pread(size, offset)
+            if isinstance(buf, Appender):
+                self.settle(ino)
+                buf = self._buffer(ino)
+            try:
+                return buf.pread(size, offset)
+            except _Replaced:
+                continue
 
     def pwrite(self, ino: int, data: bytes, offset: int) -> int:
-        buf = self._buffer(ino)
-        if isinstance(buf, _MemoryBuffer) and offset + len(data) > MEMORY_MAX:
-            buf = self._spill(ino, buf)
-        if isinstance(buf, Appender) and not buf.accepts(offset):
-            self.settle(ino)
+        while True:
             buf = self._buffer(ino)
-        return buf.pwrite(data, offset)
+            if isinstance(buf, _MemoryBuffer) and offset + len(data) > MEMORY_MAX:
+                buf = self._spill(ino, buf)
+            if isinstance(buf, Appender) and not buf.accepts(offset):
+                self.settle(ino)
+                buf = self._buffer(ino)
+            try:
+                return buf.pwrite(data, offset)
+            except _Replaced:  # another thread spilled it meanwhile
+                continue
 
     def truncate(self, ino: int, size: int) -> None:
-        buf = self._buffer(ino)
-        if isinstance(buf, _MemoryBuffer) and size > MEMORY_MAX:
-            buf = self._spill(ino, buf)
-        if isinstance(buf, Appender):
-            if size == buf.size:
-                return
-            self.settle(ino)
+        while True:
             buf = self._buffer(ino)
-        buf.truncate(size)
+            if isinstance(buf, _MemoryBuffer) and size > MEMORY_MAX:
+                buf = self._spill(ino, buf)
+            if isinstance(buf, Appender):
+                if size == buf.size:
+                    return
+                self.settle(ino)
+                buf = self._buffer(ino)
+            try:
+                return buf.truncate(size)
+            except _Replaced:
+                continue
 
     def mark_unflushed(self, ino: int) -> None:
         """The buffer now holds writes that are not chunks yet; a staging file's flag is persistent,
@@ -307,7 +340,9 @@ class Contents:
 
     def _spill(self, ino: int, mem: _MemoryBuffer) -> _Buffer | Appender:
         """A small file grew: its memory buffer becomes an appender (or a staging file)."""
-        with self._locked(ino):
+        with self._locked(ino), mem.lock:
+            if mem.closed:  # spilled by another thread meanwhile
+                return self._buffer(ino)
             with self._lock:
                 stream = self._appenders < MAX_APPENDERS
                 if stream:
@@ -317,7 +352,7 @@ class Contents:
                 app.dirty, app.writes = mem.dirty, mem.writes
                 with self._lock:
                     self._bufs[ino] = app
-                mem.close()
+                mem.closed, mem.data = True, bytearray()
                 return app
             path = self.staging_path(ino)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -327,7 +362,7 @@ class Contents:
             self.ws.update(ino, staged=True, unflushed=mem.dirty)
             with self._lock:
                 self._bufs[ino] = buf
-            mem.close()
+            mem.closed, mem.data = True, bytearray()
             return buf
 
     def stage(self, ino: int, empty: bool = False) -> None:
@@ -411,7 +446,7 @@ class Contents:
                 else:
                     node = self.ws.get(ino)
             elif isinstance(buf, _MemoryBuffer):
-                node = self._cut(ino, io.BytesIO(buf.data), buf, seen) if buf.dirty else self.ws.get(ino)
+                node = self._cut(ino, io.BytesIO(buf.snapshot()), buf, seen) if buf.dirty else self.ws.get(ino)
             else:
                 node = self.ws.get(ino)
                 if node.staged and node.unflushed:
