@@ -85,9 +85,9 @@ class Operations(pyfuse3.Operations):
         self.read_only = read_only
         self.lookups: dict[int, int] = {}
         self.opened: dict[int, _Open] = {}
-        self._handles: dict[int, list] = {}
-        self._settling: dict[int, trio.Event] = {}
-        self.last_request = 0.0  # monotonic time of the latest request (the uploader yields to them)  # streaming files becoming staging files  # fh -> [ino, writable, staged, clean inode for reads]
+        self._handles: dict[int, list] = {}  # fh -> [ino, writable, staged, clean inode for reads]
+        self._settling: dict[int, trio.Event] = {}  # streaming files becoming staging files
+        self.last_request = 0.0  # monotonic time of the latest request (the uploader yields to them)
         self._next_fh = 1
 
     # ------------------------------------------------------------------ helpers
