@@ -130,11 +130,7 @@ class Appender:
         except BaseException as e:
             self._settle_cut(work, [], e)
             raise
-        final, last = pieces[:-1], pieces[-1:]
-        self._settle_cut(work, final, None)
-        with self._lock:
-            chunks = self.chunks + [(p.id, p.length) for p in last]
-            return chunks, self._done + sum(p.length for p in last)
+        return self._settle_cut(work, pieces[:-1], None, last=pieces[-1:])
 
     def contents(self) -> tuple[list[tuple[str, int]], bytes]:
         """The journaled chunks and the tail (to turn the file into a staging file)."""
@@ -162,19 +158,27 @@ class Appender:
             return
         self._settle_cut(work, final, None)
 
-    def _settle_cut(self, work: bytes | bytearray, final: list, error: BaseException | None) -> None:
-        """Final pieces join the chunks; the rest of ``work`` goes back in front of the tail."""
+    def _settle_cut(self, work: bytes | bytearray, final: list, error: BaseException | None,
+                    last: list | None = None) -> tuple[list[tuple[str, int]], int]:
+        """Final pieces join the chunks; the rest of ``work`` goes back in front of the tail.
+
+        Returns the chunks so far plus the provisional ``last`` pieces, and their size, as they
+        are before the next cut can start (which may begin with ``last``'s bytes).
+        """
         used = sum(p.length for p in final)
         rest = bytes(memoryview(work)[used:]) if used else work
         with self._lock:
             self.chunks += [(p.id, p.length) for p in final]
             self._done += used
+            so_far = (self.chunks + [(p.id, p.length) for p in last or []],
+                      self._done + sum(p.length for p in last or []))
             self._tail.prepend(rest)
             self._cutting, self._busy = 0, False
             self._error = self._error or error
             if error is None and len(self._tail) >= CUT_AT:
                 self._start_cut()
             self._idle.notify_all()
+        return so_far
 
     def _raise(self) -> None:
         if self._error is not None:

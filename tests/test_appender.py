@@ -107,3 +107,31 @@ def test_a_failing_journal_reaches_the_writer():
         assert calls
         with pytest.raises(OSError):
             app.finish()
+
+
+def test_flushes_racing_with_appends_return_a_prefix_of_the_file():
+    """fsync (finish) in one thread while another appends: each flush sees exactly a prefix."""
+    import threading
+
+    data = random.Random(11).randbytes(600_000)
+    stored, add = journal()
+    results: list[tuple[list, int]] = []
+    with ThreadPoolExecutor(2) as pool:
+        app = Appender(Chunker(PARAMS), add, b"", pool)
+        done = threading.Event()
+
+        def flusher() -> None:
+            while not done.is_set():
+                results.append(app.finish())
+
+        t = threading.Thread(target=flusher)
+        t.start()
+        for off in range(0, len(data), 3000):
+            app.pwrite(data[off:off + 3000], off)
+        done.set()
+        t.join()
+        chunks, size = app.finish()
+    assert size == len(data) and chunks == whole(data)
+    assert len(results) > 10
+    for got, n in results:
+        assert b"".join(stored[c] for c, _ in got) == data[:n]
