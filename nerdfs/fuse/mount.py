@@ -144,6 +144,9 @@ class Mount:
             except NerdError as e:
                 self.last_error = str(e)
                 log.warning("refresh failed: %s", e)
+            except Exception as e:  # noqa: BLE001 - a background refresh must never take the mount down
+                self.last_error = f"refresh failed: {e}"
+                log.exception("refresh failed")
 
     # ------------------------------------------------------------------ commit
 
