@@ -48,12 +48,24 @@ def _zd() -> zstandard.ZstdDecompressor:
     return zd
 
 
+_PROBE = 64 * 1024
+
+
+def _pays(level: int, sample: memoryview) -> bool:
+    return len(_zc(level).compress(sample)) <= len(sample) - len(sample) // _MIN_GAIN
+
+
 def encode(plain: bytes | memoryview, level: int | None = 1) -> bytes:
     """Frame plain bytes for the store, compressing with zstd where it pays.
 
     ``level=None`` stores raw.
     """
     if level is not None and len(plain) >= 64:
+        if len(plain) > 4 * _PROBE and not any(_pays(level, memoryview(plain)[at:at + _PROBE])
+                                               for at in (0, len(plain) // 2)):
+            # Neither the start nor the middle compresses (media, archives, random data): the rest
+            # rarely does, and compressing megabytes for nothing costs CPU and a chunk-sized buffer.
+            return bytes((RAW,)) + bytes(plain)
         packed = _zc(level).compress(plain)
         if len(packed) <= len(plain) - len(plain) // _MIN_GAIN:
             return bytes((ZSTD,)) + packed
