@@ -222,10 +222,8 @@ def test_a_task_whose_wrapper_dies_is_failed_from_slurms_state(snerd):
 
 
 def test_time_limit_exceeded_fails_the_task_with_124(snerd):
-    started = time.monotonic()
     doc = snerd.submit("--time-limit", "2", "--wait", "sleep", "--", "60", code=124)
-    assert doc["state"] == "failed" and "time limit of 2 s exceeded" in doc["failed"][0]["error"]
-    assert time.monotonic() - started < 30
+    assert doc["state"] == "failed" and "time limit of 2 s exceeded" in doc["failed"][0]["error"]  # nerd's, not Slurm's
     # Slurm's own limit is the backstop: the attempt time plus staging, in minutes
     show = snerd.slurm.run("scontrol", "show", "job", "-o", snerd.array_id(doc["job"])).stdout
     assert "TimeLimit=00:03:00" in show
@@ -246,7 +244,8 @@ def test_cancel_kills_running_tasks_and_cancels_pending_ones(snerd, tmp_path, mo
     doc = snerd.json("job", "cancel", job)
     assert doc["state"] == "cancelled" and doc["exit_code"] == 130
     assert doc["counts"] == {"cancelled": 3, "succeeded": 1}, doc["counts"]
-    assert set(slurm_states(snerd.slurm, snerd.array_id(job))) == {"COMPLETED", "CANCELLED"}
+    wait_for(lambda: set(slurm_states(snerd.slurm, snerd.array_id(job))) == {"COMPLETED", "CANCELLED"}, 30,
+             "Slurm shows the tasks completed or cancelled")
     wait_for(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1, 15,
              "the task's process killed")
     out = snerd.download("r", tmp_path / "r")  # the task that finished before the cancel keeps its output
