@@ -50,6 +50,12 @@ class _Tail:
         pieces, self._pieces, self._len = self._pieces, [], 0
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
+    def peek(self) -> bytes | bytearray:
+        """All of it, contiguous, kept."""
+        joined = self.take()
+        self.prepend(joined)
+        return joined
+
     def prepend(self, data: bytes) -> None:
         if data:
             self._pieces.insert(0, data)
@@ -136,9 +142,7 @@ class Appender:
         """The journaled chunks and the tail (to turn the file into a staging file)."""
         self.wait()
         with self._lock:
-            tail = self._tail.take()
-            self._tail.prepend(tail)
-            return list(self.chunks), bytes(tail)
+            return list(self.chunks), bytes(self._tail.peek())
 
     # ------------------------------------------------------------------ cutting
 

@@ -227,7 +227,13 @@ class Uploader:
                 delay = 0.5
                 self.last_error = None
 
-    async def drained(self) -> None:
-        """Return once every chunk journaled before the call is in the store."""
-        while len(self.journal):
-            await trio.sleep(0.05)
+    async def wait_until_stored(self, remaining: Callable[[], int], progress=None) -> None:
+        """Upload at full width until ``remaining()`` (chunks someone waits for) is 0, reporting progress."""
+        self.urgent += 1
+        try:
+            while n := remaining():
+                if progress:
+                    await progress({"pending_chunks": n, "pending_bytes": self.journal.pending_bytes})
+                await trio.sleep(0.1)
+        finally:
+            self.urgent -= 1

@@ -303,14 +303,7 @@ class Workspace:
         """unlink/rmdir: the entry goes; the inode lives on while open or looked up (see :meth:`drop`)."""
         self.expand(parent)
         child = self.lookup(parent, name)
-        if is_dir:
-            if not child.is_dir:
-                raise FsError(errno.ENOTDIR)
-            self.expand(child.ino)
-            if next(self.entries(child.ino), None) is not None:
-                raise FsError(errno.ENOTEMPTY)
-        elif child.is_dir:
-            raise FsError(errno.EISDIR)
+        self._check_removable(child, is_dir)
         now = time.time_ns()
         with self.env.begin(write=True) as txn:
             p = self.get(parent, txn)
@@ -324,6 +317,17 @@ class Workspace:
             self.put(p, txn)
         self.mark_dirty(node.dataset or p.dataset)
         return node
+
+    def _check_removable(self, node: Inode, as_dir: bool) -> None:
+        """unlink/rmdir, or replacement by rename with a file (``as_dir`` False) or a directory."""
+        if as_dir:
+            if not node.is_dir:
+                raise FsError(errno.ENOTDIR)
+            self.expand(node.ino)
+            if next(self.entries(node.ino), None) is not None:
+                raise FsError(errno.ENOTEMPTY)
+        elif node.is_dir:
+            raise FsError(errno.EISDIR)
 
     def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes, *, noreplace: bool = False
                ) -> Inode | None:
@@ -340,14 +344,7 @@ class Workspace:
                 raise FsError(errno.EEXIST)
             if victim.ino == node.ino:
                 return None
-            if victim.is_dir:
-                if not node.is_dir:
-                    raise FsError(errno.EISDIR)
-                self.expand(victim.ino)
-                if next(self.entries(victim.ino), None) is not None:
-                    raise FsError(errno.ENOTEMPTY)
-            elif node.is_dir:
-                raise FsError(errno.ENOTDIR)
+            self._check_removable(victim, node.is_dir)
         now = time.time_ns()
         with self.env.begin(write=True) as txn:
             src, dst = self.get(parent, txn), self.get(new_parent, txn)

@@ -191,16 +191,13 @@ class Mount:
 
         tree, files, size = await trio.to_thread.run_sync(
             lambda: self.ws.tree_of(ino, lambda t: self.repo.put_tree(t)[0], seen))
-        self.uploader.urgent += 1
-        try:
-            while waiting:
-                waiting = {c for c in waiting if self.journal.has(c)}
-                if waiting:
-                    if progress:
-                        await progress({"pending_chunks": len(waiting), "pending_bytes": self.journal.pending_bytes})
-                    await trio.sleep(0.1)
-        finally:
-            self.uploader.urgent -= 1
+
+        def remaining() -> int:
+            nonlocal waiting
+            waiting = {c for c in waiting if self.journal.has(c)}
+            return len(waiting)
+
+        await self.uploader.wait_until_stored(remaining, progress)
         return await trio.to_thread.run_sync(self._snapshot, name, ino, tree, files, size)
 
     def _snapshot(self, name: str, ino: int, tree: str, files: int, size: int) -> str:
@@ -270,11 +267,8 @@ class Mount:
             snaps = {}
             if self.wait_on_exit:
                 snaps = await self.commit(None, send_progress)
-                self.uploader.urgent += 1  # never undone: the mount is going away
-                while len(self.journal):  # also what no snapshot names (overwritten since): nothing left over
-                    await send_progress({"pending_chunks": len(self.journal),
-                                         "pending_bytes": self.journal.pending_bytes})
-                    await trio.sleep(0.1)
+                # also what no snapshot names (overwritten since): nothing is left over
+                await self.uploader.wait_until_stored(lambda: len(self.journal), send_progress)
             pyfuse3.terminate()
             return {"unmounting": True, "snapshots": snaps}
         raise UsageError(f"unknown control operation {op!r}")

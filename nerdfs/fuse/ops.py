@@ -494,6 +494,8 @@ class Operations(pyfuse3.Operations):
         # Inline only when the journal has room: waiting for the uploader on the loop would stop it.
         cheap = size <= _INLINE_BYTES and not durable and journal.pending_bytes + size <= journal.limit
         await self._call(self.contents.flush, ino, durable, cheap=cheap)
+        # After the flush, not with it: a utimensat may arrive while it runs (release is asynchronous;
+        # rsync sets times right after close) and st.mtime_ns is then the time it set.
         if written:
             self.ws.update(ino, mtime_ns=st.mtime_ns, ctime_ns=st.mtime_ns)
 
